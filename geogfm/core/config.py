@@ -1,0 +1,422 @@
+"""Typed, strict configuration: one model per ``params.yaml`` section.
+
+``params.yaml`` is the one configuration file of the DAG; Snakemake and DVC both read it, and
+every ``geogfm <stage>`` command loads it through :func:`load_params`. Loading is strict: an unknown
+key, a wrong type or an out-of-range value stops the command before any work, with the dotted key
+(``train.optimizer.lr``), the value and what was expected.
+
+The same classes serve the Python quick start (``ModelConfig(embed_dim=768, ...)``). Values one
+section derives from another (the model's band count from ``data.bands``, ...) are filled in one
+visible place, :func:`_derive`, and may not be set by hand in ``params.yaml``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from geogfm.core.errors import ConfigError
+from geogfm.data.datasets.sentinel2 import BANDS, DEFAULT_BANDS, SCL_INVALID_DEFAULT
+
+__all__ = [
+    "ChannelStatsConfig",
+    "DataConfig",
+    "DemoCatalogConfig",
+    "FiguresConfig",
+    "GeoGFMConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "PatchManifestConfig",
+    "StacQueryConfig",
+    "TileCacheConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "load_params",
+]
+
+_S2_KEYS = tuple(b.key for b in BANDS)
+
+
+class _Section(BaseModel):
+    # strict: "2" is not an int and 1e-4 (which YAML reads as a string) is not a float.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+def _known_bands(bands: list[str]) -> list[str]:
+    unknown = [b for b in bands if b not in _S2_KEYS]
+    if unknown:
+        raise ValueError(f"unknown band(s) {unknown}; valid bands are {list(_S2_KEYS)}")
+    if len(set(bands)) != len(bands):
+        raise ValueError(f"bands listed twice in {bands}")
+    return bands
+
+
+# ------------------------------------------------------------------------------------ data stages
+
+
+class DemoCatalogConfig(_Section):
+    """The offline demo catalog (``demo_catalog`` stage)."""
+
+    seed: int = Field(42, ge=0)
+    size: int = Field(512, ge=64, le=8192, description="side of each tile in 10 m pixels")
+    dates: list[str] = Field(
+        default_factory=lambda: [
+            "2021-08-14",
+            "2021-11-02",
+            "2022-02-20",
+            "2022-05-11",
+            "2022-07-30",
+            "2022-10-18",
+        ],
+        min_length=1,
+    )
+    cloud_cover: float = Field(0.25, ge=0.0, le=1.0, description="mean cloud fraction per date")
+
+
+class StacQueryConfig(_Section):
+    """What to search for (``stac_query`` stage)."""
+
+    catalog: str = Field(
+        "demo", description='"demo", an http(s) STAC API URL or a catalog.json path'
+    )
+    collections: list[str] = Field(default_factory=lambda: ["sentinel-2-l2a"], min_length=1)
+    bbox: list[float] | None = Field(None, description="[west, south, east, north] in degrees")
+    datetime: str | None = None
+    max_cloud_cover: float | None = Field(None, ge=0.0, le=100.0)
+    max_items: int | None = Field(None, ge=1)
+    page_size: int = Field(100, ge=1, le=10000)
+
+    @field_validator("bbox")
+    @classmethod
+    def _bbox(cls, v: list[float] | None) -> list[float] | None:
+        if v is None:
+            return v
+        if len(v) != 4:
+            raise ValueError(f"expected [west, south, east, north], got {len(v)} numbers")
+        w, s, e, n = v
+        if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
+            raise ValueError("expected -180 <= west < east <= 180 and -90 <= south < north <= 90")
+        return v
+
+
+class TileCacheConfig(_Section):
+    """How scenes become a Zarr tile cache on one grid (``tile_cache`` stage)."""
+
+    bands: list[str] = Field(default_factory=lambda: list(DEFAULT_BANDS), min_length=1)
+    crs: str = Field("auto", description='"auto" (dominant UTM zone) or e.g. "EPSG:32633"')
+    resolution: float = Field(10.0, gt=0)
+    cell_size: int = Field(256, ge=16, le=16384, description="cell side in pixels")
+    resampling: Literal["bilinear", "average", "nearest", "cubic"] = "bilinear"
+    mask_scl_classes: list[int] = Field(default_factory=lambda: list(SCL_INVALID_DEFAULT))
+
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, v: list[str]) -> list[str]:
+        return _known_bands(v)
+
+    @field_validator("mask_scl_classes")
+    @classmethod
+    def _scl(cls, v: list[int]) -> list[int]:
+        bad = [c for c in v if not 0 <= c <= 11]
+        if bad:
+            raise ValueError(f"SCL classes are 0..11, got {bad}")
+        return v
+
+
+class PatchManifestConfig(_Section):
+    """Patch windows, their QA and the spatial split (``patch_manifest`` stage)."""
+
+    stride: int | None = Field(None, ge=1, description="pixels; default: the chip size")
+    block_size: int = Field(256, ge=1, description="side of a spatial split block, pixels")
+    val_fraction: float = Field(0.25, gt=0.0, lt=1.0)
+    buffer: int | None = Field(None, ge=0, description="pixels dropped around val blocks")
+    min_valid_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    seed: int = Field(0, ge=0)
+
+
+class ChannelStatsConfig(_Section):
+    """Per-band statistics over valid training pixels (``channel_stats`` stage)."""
+
+    percentiles: list[float] = Field(default_factory=lambda: [1.0, 2.0, 50.0, 98.0, 99.0])
+
+    @field_validator("percentiles")
+    @classmethod
+    def _pct(cls, v: list[float]) -> list[float]:
+        bad = [p for p in v if not 0.0 <= p <= 100.0]
+        if bad:
+            raise ValueError(f"percentiles are in [0, 100], got {bad}")
+        return v
+
+
+# ---------------------------------------------------------------------------- model, data, train
+
+
+class ModelConfig(_Section):
+    """The GeoViT encoder and its MAE decoder; defaults are ViT-B/16 with MAE's decoder."""
+
+    architecture: Literal["gfm_vit"] = "gfm_vit"
+    embed_dim: int = Field(768, ge=8)
+    depth: int = Field(12, ge=1)
+    num_heads: int | None = Field(None, ge=1, description="default: embed_dim // 64 (min 1)")
+    mlp_ratio: float = Field(4.0, gt=0)
+    image_size: int = Field(224, ge=8)
+    patch_size: int = Field(16, ge=1)
+    in_chans: int = Field(len(DEFAULT_BANDS), ge=1)
+    decoder_embed_dim: int = Field(512, ge=8)
+    decoder_depth: int = Field(8, ge=1)
+    decoder_num_heads: int = Field(16, ge=1)
+    mask_ratio: float = Field(0.75, gt=0.0, lt=1.0)
+    norm_pix_loss: bool = True
+    drop_path: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ModelConfig:
+        if self.num_heads is None:
+            self.num_heads = max(1, self.embed_dim // 64)
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"model.embed_dim={self.embed_dim} is not divisible by "
+                f"model.num_heads={self.num_heads}"
+            )
+        if self.decoder_embed_dim % self.decoder_num_heads:
+            raise ValueError(
+                f"model.decoder_embed_dim={self.decoder_embed_dim} is not divisible by "
+                f"model.decoder_num_heads={self.decoder_num_heads}"
+            )
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"model.image_size={self.image_size} is not a multiple of the patch size "
+                f"{self.patch_size} (data.patch_size)"
+            )
+        return self
+
+    @property
+    def grid_size(self) -> int:
+        """Tokens per image side, ``image_size // patch_size``."""
+        return self.image_size // self.patch_size
+
+
+class DataConfig(_Section):
+    """Where training patches come from and how they are loaded."""
+
+    dataset: Literal["stac"] = "stac"
+    bands: list[str] = Field(default_factory=lambda: list(DEFAULT_BANDS), min_length=1)
+    patch_size: int = Field(16, ge=1, description="ViT token patch, pixels")
+    num_workers: int = Field(2, ge=0)
+    chip_size: int = Field(224, ge=8, description="side of a training image, pixels")
+    batch_size: int = Field(64, ge=1)
+    manifest: str = "data/manifests/patches.parquet"
+    cache_dir: str = "data/cache"
+    stats: str = "results/stats/channel_stats.json"
+
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, v: list[str]) -> list[str]:
+        return _known_bands(v)
+
+
+class OptimizerConfig(_Section):
+    """The optimiser; ``lr`` is the base learning rate for a batch of 256 (MAE's scaling rule)."""
+
+    name: Literal["adamw"] = "adamw"
+    lr: float = Field(1.5e-4, gt=0.0, lt=1.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.95])
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: list[float]) -> list[float]:
+        if len(v) != 2 or not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"expected two numbers in [0, 1), got {v}")
+        return v
+
+
+class TrainConfig(_Section):
+    """The training loop."""
+
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    device: str = Field("auto", description='"auto", "cpu", "cuda" or "cuda:N"')
+    seed: int = Field(0, ge=0)
+    log_every: int = Field(10, ge=1)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError('expected "auto", "cpu", "cuda" or "cuda:N"')
+
+    @property
+    def effective_lr(self) -> float:
+        """Absolute learning rate: ``optimizer.lr * batch_size / 256``."""
+        return self.optimizer.lr * self.batch_size / 256
+
+
+class FiguresConfig(_Section):
+    """Reconstruction figures (``figures`` stage)."""
+
+    n_samples: int = Field(4, ge=1, le=32)
+    rgb_bands: list[str] = Field(default_factory=lambda: ["red", "green", "blue"])
+    seed: int = Field(0, ge=0)
+
+    @field_validator("rgb_bands")
+    @classmethod
+    def _rgb(cls, v: list[str]) -> list[str]:
+        if len(v) != 3:
+            raise ValueError(f"expected three bands for an RGB composite, got {v}")
+        return _known_bands(v)
+
+
+# ------------------------------------------------------------------------------------- the whole
+
+
+class GeoGFMConfig(_Section):
+    """All of ``params.yaml``."""
+
+    demo_catalog: DemoCatalogConfig = Field(default_factory=DemoCatalogConfig)
+    stac_query: StacQueryConfig = Field(default_factory=StacQueryConfig)
+    tile_cache: TileCacheConfig = Field(default_factory=TileCacheConfig)
+    patch_manifest: PatchManifestConfig = Field(default_factory=PatchManifestConfig)
+    channel_stats: ChannelStatsConfig = Field(default_factory=ChannelStatsConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    figures: FiguresConfig = Field(default_factory=FiguresConfig)
+
+    #: Keys another section decides; setting them in params.yaml is an error naming the source.
+    DERIVED: ClassVar[dict[str, str]] = {
+        "model.in_chans": "len(data.bands)",
+        "model.patch_size": "data.patch_size",
+        "data.chip_size": "model.image_size",
+        "data.batch_size": "train.batch_size",
+        "data.manifest": "the stage's --manifest argument",
+        "data.cache_dir": "the stage's --cache argument",
+        "data.stats": "the stage's --stats argument",
+    }
+
+    @model_validator(mode="after")
+    def _across_sections(self) -> GeoGFMConfig:
+        missing = [b for b in self.data.bands if b not in self.tile_cache.bands]
+        if missing:
+            raise ValueError(
+                f"data.bands {missing} are not cached; add them to tile_cache.bands "
+                f"{self.tile_cache.bands}"
+            )
+        missing_rgb = [b for b in self.figures.rgb_bands if b not in self.data.bands]
+        if missing_rgb:
+            raise ValueError(f"figures.rgb_bands {missing_rgb} are not in data.bands")
+        return self
+
+
+def _derive(raw: dict[str, Any]) -> dict[str, Any]:
+    """Fill the derived keys from their sources (``GeoGFMConfig.DERIVED``) before validation."""
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    sections = {name: raw.setdefault(name, {}) for name in ("model", "data", "train")}
+    if not all(isinstance(v, dict) for v in sections.values()):
+        return raw  # validation reports the section that is not a mapping
+    model, data, train = sections["model"], sections["data"], sections["train"]
+    if isinstance(data.get("bands"), list):
+        model["in_chans"] = len(data["bands"])
+    for (dst, dst_key), (src, src_key) in (
+        ((model, "patch_size"), (data, "patch_size")),
+        ((data, "chip_size"), (model, "image_size")),
+        ((data, "batch_size"), (train, "batch_size")),
+    ):
+        if type(src.get(src_key)) is int:  # a bad value is reported once, at its source
+            dst[dst_key] = src[src_key]
+    return raw
+
+
+def _format_errors(err: ValidationError, raw: dict[str, Any], source: str) -> str:
+    lines = [f"{source}: {err.error_count()} invalid value(s):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if not key:  # a check across sections: the message names its keys
+            lines.append(f"  {msg}")
+            continue
+        if e["type"] == "extra_forbidden":
+            parent = e["loc"][:-1]
+            section = _resolve(GeoGFMConfig, parent)
+            known = sorted(section.model_fields) if section else []
+            lines.append(f"  {key}: unknown key; known keys here are {known}")
+            continue
+        value = e.get("input")
+        if isinstance(value, dict | BaseModel):  # a check across keys: the message names them
+            lines.append(f"  {key}: {msg}")
+            continue
+        hint = ""
+        if isinstance(value, str) and _looks_like_float(value):
+            hint = (
+                f" (YAML reads {value} as text: write it with a dot, e.g. {float(value)!r})"
+                if e["type"] == "float_type" and "e" in value.lower()
+                else " (a quoted string: write the number without quotes)"
+            )
+        lines.append(f"  {key} = {value!r}: {msg}{hint}")
+    return "\n".join(lines)
+
+
+def _resolve(model: type[BaseModel], path: tuple) -> type[BaseModel] | None:
+    for p in path:
+        field = model.model_fields.get(str(p))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def _looks_like_float(s: str) -> bool:
+    try:
+        return math.isfinite(float(s))
+    except ValueError:
+        return False
+
+
+def load_params(path: str | Path = "params.yaml") -> GeoGFMConfig:
+    """Load and validate ``params.yaml``.
+
+    Args:
+        path: the params file.
+
+    Returns:
+        The validated configuration, derived values filled in.
+
+    Raises:
+        ConfigError: naming every bad key (dotted), its value and what was expected.
+        FileNotFoundError: if ``path`` does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"params file {str(path)!r} not found; run from the project root or pass --params PATH"
+        )
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return config_from_dict(raw, source=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], *, source: str = "params") -> GeoGFMConfig:
+    """Validate a params mapping (the parsed ``params.yaml``); see :func:`load_params`."""
+    derived = []
+    for key, origin in GeoGFMConfig.DERIVED.items():
+        section, name = key.split(".")
+        if isinstance(raw.get(section), dict) and name in raw[section]:
+            derived.append(f"  {key}: set from {origin}; remove it from {source}")
+    if derived:
+        raise ConfigError(f"{source}: derived key(s) set by hand:\n" + "\n".join(derived))
+    try:
+        return GeoGFMConfig.model_validate(_derive(raw))
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, raw, source)) from None
