@@ -12,6 +12,7 @@ visible place, :func:`_derive`, and may not be set by hand in ``params.yaml``.
 
 from __future__ import annotations
 
+import datetime
 import math
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -75,6 +76,22 @@ class DemoCatalogConfig(_Section):
         min_length=1,
     )
     cloud_cover: float = Field(0.25, ge=0.0, le=1.0, description="mean cloud fraction per date")
+    lon: float = Field(15.0, ge=-180.0, le=180.0, description="tile centre longitude, degrees")
+    lat: float = Field(46.0, ge=-80.0, le=84.0, description="tile centre latitude (UTM range)")
+
+    @field_validator("dates")
+    @classmethod
+    def _dates(cls, v: list[str]) -> list[str]:
+        for d in v:
+            try:
+                datetime.date.fromisoformat(d)
+            except ValueError:
+                raise ValueError(f"{d!r} is not an ISO date; write it as YYYY-MM-DD") from None
+            if len(d) != 10:
+                raise ValueError(f"{d!r} is not a plain date; write it as YYYY-MM-DD")
+        if len(set(v)) != len(v):
+            raise ValueError(f"dates listed twice in {v}")
+        return sorted(v)
 
 
 class StacQueryConfig(_Section):
@@ -136,6 +153,18 @@ class PatchManifestConfig(_Section):
     buffer: int | None = Field(None, ge=0, description="pixels dropped around val blocks")
     min_valid_fraction: float = Field(0.5, ge=0.0, le=1.0)
     seed: int = Field(0, ge=0)
+    cloud_scl_classes: list[int] = Field(
+        default_factory=lambda: [3, 8, 9, 10],
+        description="SCL classes counted in cloud_fraction (shadows, clouds, cirrus)",
+    )
+
+    @field_validator("cloud_scl_classes")
+    @classmethod
+    def _cloud_scl(cls, v: list[int]) -> list[int]:
+        bad = [c for c in v if not 0 <= c <= 11]
+        if bad:
+            raise ValueError(f"SCL classes are 0..11, got {bad}")
+        return v
 
 
 class ChannelStatsConfig(_Section):
@@ -356,6 +385,8 @@ def _format_errors(err: ValidationError, raw: dict[str, Any], source: str) -> st
             lines.append(f"  {key}: {msg}")
             continue
         hint = ""
+        if isinstance(value, datetime.date):
+            hint = f' (YAML reads {value} as a date: quote it, "{value}")'
         if isinstance(value, str) and _looks_like_float(value):
             hint = (
                 f" (YAML reads {value} as text: write it with a dot, e.g. {float(value)!r})"
