@@ -80,11 +80,12 @@ def plot_reconstructions(
         pasted = np.where(m[None], r, x)
         masked = rgb_composite(x, lo, hi, v)
         masked[m] = _REMOVED_RGB
+        # nodata and cloud stay magenta everywhere: there is no truth to compare with there
         panels = [
             rgb_composite(x, lo, hi, v),
             masked,
-            rgb_composite(r, lo, hi),
-            rgb_composite(pasted, lo, hi),
+            rgb_composite(r, lo, hi, v),
+            rgb_composite(pasted, lo, hi, v),
         ]
         for j, panel in enumerate(panels):
             ax = axes[i, j]
