@@ -13,6 +13,7 @@ Invalid pixels (``valid`` False), with the scene class the tile cache would give
 - cell 1, time 2: cirrus (SCL 10) over rows 40:64, cols 24:64, medium cloud (SCL 8) over rows 40:48,
   0:24.
 
+``chunks`` sets the ``reflectance`` chunks (time, band, y, x); ``valid`` and ``scl`` follow them.
 Run as a script to write one: ``python tests/_tile_cache_fixture.py OUT_DIR``.
 """
 
@@ -69,7 +70,9 @@ def _scene(rng: np.random.Generator, cell: int, t: int) -> tuple[np.ndarray, np.
     return dn, scl
 
 
-def write_tile_cache(root: str | Path, *, seed: int = 0) -> Path:
+def write_tile_cache(
+    root: str | Path, *, seed: int = 0, chunks: tuple[int, int, int, int] = (1, 3, 32, 32)
+) -> Path:
     """Write the fixture cache into ``root`` (created); returns ``root``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -110,9 +113,9 @@ def write_tile_cache(root: str | Path, *, seed: int = 0) -> Path:
             zarr_format=3,
             consolidated=False,
             encoding={
-                "reflectance": {"chunks": (1, len(BANDS), 32, 32)},
-                "valid": {"chunks": (1, 32, 32)},
-                "scl": {"chunks": (1, 32, 32)},
+                "reflectance": {"chunks": chunks},
+                "valid": {"chunks": (chunks[0], *chunks[2:])},
+                "scl": {"chunks": (chunks[0], *chunks[2:])},
             },
         )
         cells.append(

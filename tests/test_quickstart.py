@@ -14,7 +14,7 @@ def test_quick_start_vit_base_one_step_on_demo_data(tmp_path, monkeypatch):
         {
             "demo_catalog": {"size": 512, "dates": ["2021-08-14", "2022-05-11", "2022-07-30"]},
             "tile_cache": {"cell_size": 256},
-            "patch_manifest": {"stride": 32, "block_size": 256, "buffer": 0},
+            "patch_manifest": {"stride": 32, "block_size": 256, "min_valid_fraction": 0.0},
             "model": {"image_size": 224},
             "data": {"patch_size": 16},
         }

@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from geogfm.core.errors import ConfigError
-from geogfm.data.datasets.sentinel2 import BANDS, DEFAULT_BANDS, SCL_INVALID_DEFAULT
+from geogfm.data.datasets.sentinel2 import BANDS, DEFAULT_BANDS, SCL_CLASSES, SCL_INVALID_DEFAULT
 
 __all__ = [
     "ChannelStatsConfig",
@@ -63,7 +63,7 @@ class DemoCatalogConfig(_Section):
     """The offline demo catalog (``demo_catalog`` stage)."""
 
     seed: int = Field(42, ge=0)
-    size: int = Field(512, ge=64, le=8192, description="side of each tile in 10 m pixels")
+    size: int = Field(512, ge=64, le=8192, description="side of each of the two tiles, 10 m pixels")
     dates: list[str] = Field(
         default_factory=lambda: [
             "2021-08-14",
@@ -76,7 +76,15 @@ class DemoCatalogConfig(_Section):
         min_length=1,
     )
     cloud_cover: float = Field(0.25, ge=0.0, le=1.0, description="mean cloud fraction per date")
-    lon: float = Field(15.0, ge=-180.0, le=180.0, description="tile centre longitude, degrees")
+    lon: float = Field(
+        12.04,
+        ge=-180.0,
+        le=180.0,
+        description=(
+            "first tile's centre longitude, degrees; the second tile lies in the neighbouring UTM "
+            "zone nearer to it, so a longitude near a zone boundary (a multiple of 6) is realistic"
+        ),
+    )
     lat: float = Field(46.0, ge=-80.0, le=84.0, description="tile centre latitude (UTM range)")
 
     @field_validator("dates")
@@ -102,10 +110,32 @@ class StacQueryConfig(_Section):
     )
     collections: list[str] = Field(default_factory=lambda: ["sentinel-2-l2a"], min_length=1)
     bbox: list[float] | None = Field(None, description="[west, south, east, north] in degrees")
+    intersects: dict[str, Any] | None = Field(
+        None, description="a GeoJSON geometry in lon/lat to search instead of bbox"
+    )
     datetime: str | None = None
     max_cloud_cover: float | None = Field(None, ge=0.0, le=100.0)
     max_items: int | None = Field(None, ge=1)
     page_size: int = Field(100, ge=1, le=10000)
+    retries: int = Field(
+        5, ge=0, le=20, description="retries of a failed HTTP request (5xx, 429, timeout)"
+    )
+    timeout: float = Field(60.0, gt=0.0, description="seconds to wait for an HTTP response")
+
+    @field_validator("intersects")
+    @classmethod
+    def _intersects(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and not ("type" in v and ("coordinates" in v or "geometries" in v)):
+            raise ValueError(
+                f"{v} is not a GeoJSON geometry; expected e.g. {{type: Polygon, coordinates: ...}}"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _one_area(self) -> StacQueryConfig:
+        if self.bbox is not None and self.intersects is not None:
+            raise ValueError("give bbox or intersects, not both (set the other to null)")
+        return self
 
     @field_validator("bbox")
     @classmethod
@@ -115,6 +145,12 @@ class StacQueryConfig(_Section):
         if len(v) != 4:
             raise ValueError(f"expected [west, south, east, north], got {len(v)} numbers")
         w, s, e, n = v
+        if s >= n or w >= e:
+            side = "south >= north" if s >= n else "west >= east"
+            raise ValueError(
+                f"inverted ({side}): expected west < east and south < north, "
+                "as [west, south, east, north]"
+            )
         if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
             raise ValueError("expected -180 <= west < east <= 180 and -90 <= south < north <= 90")
         return v
@@ -127,8 +163,25 @@ class TileCacheConfig(_Section):
     crs: str = Field("auto", description='"auto" (dominant UTM zone) or e.g. "EPSG:32633"')
     resolution: float = Field(10.0, gt=0)
     cell_size: int = Field(256, ge=16, le=16384, description="cell side in pixels")
-    resampling: Literal["bilinear", "average", "nearest", "cubic"] = "bilinear"
+    resampling: Literal["bilinear", "average", "nearest", "cubic"] = Field(
+        "bilinear", description="kernel for reflectance; scl and masks always use nearest"
+    )
     mask_scl_classes: list[int] = Field(default_factory=lambda: list(SCL_INVALID_DEFAULT))
+    workers: int = Field(2, ge=1, le=64, description="cells built in parallel (threads)")
+    fail_on_error: bool = Field(
+        True,
+        description=(
+            "stop at the first asset that cannot be read (missing, truncated or corrupt file); "
+            "false: leave its item out of the cell, count it, and fail only above "
+            "max_failed_fraction"
+        ),
+    )
+    max_failed_fraction: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="with fail_on_error false: the largest fraction of items that may be skipped",
+    )
 
     @field_validator("bands")
     @classmethod
@@ -140,7 +193,11 @@ class TileCacheConfig(_Section):
     def _scl(cls, v: list[int]) -> list[int]:
         bad = [c for c in v if not 0 <= c <= 11]
         if bad:
-            raise ValueError(f"SCL classes are 0..11, got {bad}")
+            known = ", ".join(f"{c} {name}" for c, name in SCL_CLASSES.items())
+            raise ValueError(
+                f"unknown SCL class(es) {bad}: Sentinel-2 scene classes are {known}; list only "
+                "those (the default masks 0, 1, 3, 8, 9, 10)"
+            )
         return v
 
 
@@ -150,8 +207,19 @@ class PatchManifestConfig(_Section):
     stride: int | None = Field(None, ge=1, description="pixels; default: the chip size")
     block_size: int = Field(256, ge=1, description="side of a spatial split block, pixels")
     val_fraction: float = Field(0.25, gt=0.0, lt=1.0)
-    buffer: int | None = Field(None, ge=0, description="pixels dropped around val blocks")
+    test_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="fraction of blocks for a test split; 0 = no test split"
+    )
+    buffer: int | None = Field(
+        None,
+        ge=1,
+        description="pixels between windows of different splits, >= the chip size; "
+        "null = the chip size (model.image_size)",
+    )
     min_valid_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    max_cloud_fraction: float = Field(
+        1.0, ge=0.0, le=1.0, description="windows with a larger share of cloud_scl_classes go"
+    )
     seed: int = Field(0, ge=0)
     cloud_scl_classes: list[int] = Field(
         default_factory=lambda: [3, 8, 9, 10],
@@ -166,11 +234,23 @@ class PatchManifestConfig(_Section):
             raise ValueError(f"SCL classes are 0..11, got {bad}")
         return v
 
+    @model_validator(mode="after")
+    def _fractions(self) -> PatchManifestConfig:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"patch_manifest.val_fraction ({self.val_fraction}) + test_fraction "
+                f"({self.test_fraction}) must be < 1 to leave blocks for train"
+            )
+        return self
+
 
 class ChannelStatsConfig(_Section):
     """Per-band statistics over valid training pixels (``channel_stats`` stage)."""
 
     percentiles: list[float] = Field(default_factory=lambda: [1.0, 2.0, 50.0, 98.0, 99.0])
+    workers: int | None = Field(
+        None, ge=1, description="threads reading the cache; null = the CPU cores available"
+    )
 
     @field_validator("percentiles")
     @classmethod
@@ -187,7 +267,22 @@ class ChannelStatsConfig(_Section):
 class ModelConfig(_Section):
     """The GeoViT encoder and its MAE decoder; defaults are ViT-B/16 with MAE's decoder."""
 
+    #: ``size``: (embed_dim, depth, num_heads, decoder_embed_dim, decoder_depth, decoder_num_heads).
+    #: Encoders are the standard ViT-Ti/S/B/L; base and large keep MAE's 512-wide, 8-block decoder,
+    #: the small encoders get a decoder narrower than themselves.
+    SIZES: ClassVar[dict[str, tuple[int, int, int, int, int, int]]] = {
+        "tiny": (192, 12, 3, 128, 2, 4),
+        "small": (384, 12, 6, 256, 4, 8),
+        "base": (768, 12, 12, 512, 8, 16),
+        "large": (1024, 24, 16, 512, 8, 16),
+    }
+
     architecture: Literal["gfm_vit"] = "gfm_vit"
+    size: Literal["tiny", "small", "base", "large"] | None = Field(
+        None,
+        description="size preset (ModelConfig.SIZES): fills the width, depth, heads and decoder_* "
+        "keys that are not given; a key given explicitly wins",
+    )
     embed_dim: int = Field(768, ge=8)
     depth: int = Field(12, ge=1)
     num_heads: int | None = Field(None, ge=1, description="default: embed_dim // 64 (min 1)")
@@ -201,6 +296,47 @@ class ModelConfig(_Section):
     mask_ratio: float = Field(0.75, gt=0.0, lt=1.0)
     norm_pix_loss: bool = True
     drop_path: float = Field(0.0, ge=0.0, lt=1.0)
+    patch_embed: Literal["conv", "linear", "spectral"] = Field(
+        "conv",
+        description='"conv" (p x p stride-p convolution), "linear" (Linear on patchified pixels, '
+        'the same map), "spectral" (kernels generated from band wavelengths: any band set)',
+    )
+    wavelengths: list[float] | None = Field(
+        None, description="centre wavelength of each band, micrometres (patch_embed: spectral)"
+    )
+    pos_embed: Literal["sincos", "learned", "fourier"] = Field(
+        "sincos", description="encoder positional encoding (the MAE decoder's is always sincos)"
+    )
+    num_frames: int = Field(1, ge=1, description="dates per sample T; >1: (B, T, C, H, W) input")
+    tubelet_size: int = Field(1, ge=1, description="dates per token; 1 = one token set per date")
+    temporal_encoding: bool = Field(
+        False, description="add a (year, day-of-year) encoding; forward then needs dates"
+    )
+    location_encoding: bool = Field(
+        False, description="add a (latitude, longitude) encoding; forward then needs latlon"
+    )
+    norm_position: Literal["pre", "post"] = Field(
+        "pre", description='"pre": x + f(norm(x)) (ViT, MAE); "post": norm(x + f(x))'
+    )
+    layer_scale: float | None = Field(
+        None, gt=0.0, description="LayerScale init value (e.g. 1e-5); null: no LayerScale"
+    )
+    fused_attn: bool = Field(
+        True, description="F.scaled_dot_product_attention; false: the explicit softmax path"
+    )
+    grad_checkpointing: bool = Field(
+        False, description="recompute block activations in backward: less memory, one more forward"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _size_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("size"), str):
+            keys = ("embed_dim", "depth", "num_heads")
+            keys += ("decoder_embed_dim", "decoder_depth", "decoder_num_heads")
+            preset = dict(zip(keys, cls.SIZES.get(data["size"], ()), strict=False))
+            data = {**preset, **data}  # explicit keys win
+        return data
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelConfig:
@@ -221,6 +357,19 @@ class ModelConfig(_Section):
                 f"model.image_size={self.image_size} is not a multiple of the patch size "
                 f"{self.patch_size} (data.patch_size)"
             )
+        if self.num_frames % self.tubelet_size:
+            raise ValueError(
+                f"model.num_frames={self.num_frames} is not a multiple of "
+                f"model.tubelet_size={self.tubelet_size}"
+            )
+        if self.patch_embed == "spectral" and (
+            self.wavelengths is None or len(self.wavelengths) != self.in_chans
+        ):
+            raise ValueError(
+                f"model.patch_embed=spectral needs model.wavelengths, one per band "
+                f"(in_chans={self.in_chans}), got {self.wavelengths}; list the bands' centre "
+                f"wavelengths in micrometres"
+            )
         return self
 
     @property
@@ -238,6 +387,19 @@ class DataConfig(_Section):
     num_workers: int = Field(2, ge=0)
     chip_size: int = Field(224, ge=8, description="side of a training image, pixels")
     batch_size: int = Field(64, ge=1)
+    num_frames: int = Field(
+        1, ge=1, description="dates per sample; 1 = single-date (B, C, H, W), else (B, T, C, H, W)"
+    )
+    temporal_sampling: Literal["stride", "seasonal", "random"] = Field(
+        "stride", description="how num_frames > 1 dates are picked per window"
+    )
+    frame_stride: int = Field(1, ge=1, description='step between dates of "stride" sampling')
+    min_frame_valid_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, description="dates with fewer valid pixels are never picked"
+    )
+    chunk_cache_mb: int = Field(
+        64, ge=0, description="decoded Zarr chunks kept per loader worker, MiB"
+    )
     manifest: str = "data/manifests/patches.parquet"
     cache_dir: str = "data/cache"
     stats: str = "results/stats/channel_stats.json"

@@ -8,11 +8,18 @@ coordinates.
 
 Readers here use :mod:`zarr` directly (no xarray per sample): opening a group is cheap, and a window
 read decodes only the chunks it touches.
+
+Artifacts computed from a cache record its :func:`cache_fingerprint`, and their readers refuse a
+cache with another one (:func:`check_stats_match`), so statistics never silently describe other
+pixels than the ones being loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +33,14 @@ __all__ = [
     "CacheCell",
     "CacheIndex",
     "band_names",
+    "cache_fingerprint",
+    "check_stats_match",
     "load_cache_index",
     "open_cell",
 ]
 
 _MAKE_CACHE = "run `geogfm tile_cache` or `snakemake --cores 2 tile_cache`"
+_MAKE_STATS = "rerun channel_stats (`geogfm channel_stats` or `snakemake --cores 2 channel_stats`)"
 
 
 @dataclass(frozen=True)
@@ -150,3 +160,102 @@ def open_cell(index: CacheIndex, cell_id: str) -> zarr.Group:
 def band_names(group: zarr.Group) -> list[str]:
     """The store's ``band`` coordinate as a list of str (fixed- or variable-length strings)."""
     return [str(b) for b in np.asarray(group["band"][:]).tolist()]
+
+
+def cache_fingerprint(cache: str | Path) -> str:
+    """A hash that changes whenever the tile cache's content can have changed; cheap to compute.
+
+    The hash covers, in a fixed order and by paths relative to ``cache`` (so a moved or copied
+    cache keeps its fingerprint):
+
+    - the bytes of ``index.json``;
+    - for every store the index lists, the bytes of every ``zarr.json`` (shapes, dtypes, chunking,
+      codecs, attributes) and of every chunk of its 1-D arrays (the ``time``, ``band``, ``y``,
+      ``x``, ``item_id`` coordinates);
+    - for every chunk of the data arrays (``reflectance``, ``valid``, ``scl``), its path and size.
+
+    So it detects a cache rebuilt with other cells, bands, dates, items, grid, chunking or codec,
+    and any data chunk that was added, removed or re-encoded to another compressed size. It reads no
+    data chunk (only lists them), which keeps it fast on a large cache; the one change it cannot see
+    is a data chunk rewritten in place with the same compressed size. Files whose names start with
+    ``.`` (temporary files) are ignored.
+
+    Args:
+        cache: the tile cache directory.
+
+    Returns:
+        The SHA-256 hex digest (64 characters).
+
+    Raises:
+        FileNotFoundError: if the cache, its ``index.json`` or a store is missing.
+        DataError: if ``index.json`` is incomplete.
+    """
+    index = load_cache_index(cache)
+    root = index.root
+    h = hashlib.sha256(b"geogfm cache_fingerprint v1\n")
+
+    def feed(*parts: str | bytes) -> None:
+        for part in parts:
+            data = part.encode() if isinstance(part, str) else part
+            h.update(len(data).to_bytes(8, "little") + data)  # length-prefixed: unambiguous
+
+    feed("index.json", (root / "index.json").read_bytes())
+    for cell_id in sorted(c.id for c in index.cells):
+        store = index.store(cell_id)
+        one_d: set[Path] = set()  # array directories whose chunks are hashed by content
+        for dirpath, dirnames, filenames in os.walk(store):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            here = Path(dirpath)
+            if "zarr.json" in filenames:
+                meta = (here / "zarr.json").read_bytes()
+                feed(here.relative_to(root).as_posix() + "/zarr.json", meta)
+                shape = json.loads(meta).get("shape")
+                if isinstance(shape, list) and len(shape) <= 1:
+                    one_d.add(here)
+            for name in sorted(f for f in filenames if f != "zarr.json" and not f.startswith(".")):
+                path = here / name
+                rel = path.relative_to(root).as_posix()
+                if any(p in one_d for p in path.parents):
+                    feed(rel, path.read_bytes())
+                else:
+                    feed(rel, str(path.stat().st_size))
+    return h.hexdigest()
+
+
+def check_stats_match(stats: Mapping[str, Any] | str | Path, cache_dir: str | Path) -> str:
+    """Refuse channel statistics that were not computed from this tile cache.
+
+    Args:
+        stats: the statistics (the parsed ``channel_stats.json``) or the path of the JSON file.
+        cache_dir: the tile cache about to be read.
+
+    Returns:
+        The cache's fingerprint (equal to the one the statistics record).
+
+    Raises:
+        FileNotFoundError: if ``stats`` is a path that does not exist, or the cache is missing.
+        DataError: if the statistics record no cache fingerprint or another one than the cache's
+            :func:`cache_fingerprint`; the message names both hashes and the fix.
+    """
+    where = "the channel statistics"
+    if isinstance(stats, str | Path):
+        path = Path(stats)
+        if not path.is_file():
+            raise FileNotFoundError(f"channel statistics {str(path)!r} not found; {_MAKE_STATS}")
+        where = f"the channel statistics {path}"
+        stats = json.loads(path.read_text())
+    source = stats.get("source")
+    recorded = source.get("cache_fingerprint") if isinstance(source, Mapping) else None
+    actual = cache_fingerprint(cache_dir)
+    if recorded is None:
+        raise DataError(
+            f"{where} record no cache fingerprint (source.cache_fingerprint), so they cannot be "
+            f"checked against the tile cache {cache_dir} (fingerprint {actual}); {_MAKE_STATS}"
+        )
+    if recorded != actual:
+        raise DataError(
+            f"{where} were computed from a tile cache with fingerprint {recorded}, but the tile "
+            f"cache {cache_dir} has fingerprint {actual}: the cache changed since the statistics "
+            f"were computed; {_MAKE_STATS}"
+        )
+    return actual

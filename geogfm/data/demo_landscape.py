@@ -12,15 +12,17 @@ under a second per scene at the default size:
 2. **Units and covers**: every parcel, and every class inside a forest stand, is a *unit* with a
    cover type (winter cereal, maize, soybean, rapeseed, meadow, broadleaf forest, ...). A cover's
    phenology calendar gives, for any day of the year, the fractions of a few endmember spectra
-   (green leaf, broadleaf and needleleaf canopy, dry vegetation, soil, rock, urban, clear and
-   turbid water, flowers), tabulated by wavelength and sampled at the band centres of
+   (:mod:`geogfm.data.demo_spectra`), sampled at the band centres of
    :data:`~geogfm.data.datasets.sentinel2.BANDS`. Units jitter their calendar, brightness, soil.
-3. **Scenes**: for a date, the units' spectra are gathered to the 10 m pixels, modulated by a
-   vigour field and a texture, blurred by a small point spread; clouds are a thresholded fractal
-   field (their fraction drawn around the requested mean) with thin cirrus at the edges, their
-   shadows the cloud bodies shifted away from the sun computed for the overpass; bands are
-   block-averaged to 20 m and 60 m and get sensor noise; a 20 m scene classification (SCL) is
-   derived from the same fields.
+3. **A date** (:meth:`DemoLandscape.render`): the units' spectra are gathered to the 10 m pixels,
+   modulated by a vigour field and a texture, blurred by a small point spread; clouds are a
+   thresholded fractal field (their fraction drawn around the requested mean) with thin cirrus at
+   the edges, their shadows the cloud bodies shifted away from the sun computed for the overpass.
+4. **A tile's scene** (:meth:`DemoLandscape.observe`): a tile is a square on its own grid, maybe in
+   another UTM zone, placed on the landscape by an affine map (:class:`TileView`); it samples the
+   date at its pixel centres, block-averages to 20 m and 60 m, adds its own sensor noise, loses the
+   pixels beyond the swath edge of a partial orbit, and derives a 20 m scene classification (SCL)
+   from the same fields. Tiles that overlap see the same ground, clouds and swath edge.
 
 Everything is deterministic from the seed; a date's weather depends only on the seed and the
 date, so adding a date leaves the others unchanged.
@@ -31,272 +33,34 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass
-from enum import IntEnum
 
 import numpy as np
+from affine import Affine
 
 from geogfm.data.datasets.sentinel2 import BANDS
+from geogfm.data.demo_spectra import (
+    _BAND_INDEX,
+    _C,
+    _CENTRES,
+    _CLOUD,
+    _COVER_CLASS,
+    _COVERS,
+    _EM,
+    _ENDMEMBERS,
+    _FARM_COVERS,
+    _FARM_P,
+    _FOREST_COVERS,
+    _FOREST_P,
+    _N_SLOTS,
+    _S,
+    _SHADOW_DEPTH,
+    _SLOT_COVER,
+    LANDCOVER_CLASSES,
+    LANDCOVER_COLORS,
+    _compose,
+)
 
-__all__ = ["LANDCOVER_CLASSES", "LANDCOVER_COLORS", "DemoLandscape", "DemoScene"]
-
-#: ESA WorldCover classes of the demo land-cover layer (code -> name); 0 is no data.
-LANDCOVER_CLASSES: dict[int, str] = {
-    10: "tree_cover",
-    20: "shrubland",
-    30: "grassland",
-    40: "cropland",
-    50: "built_up",
-    60: "bare_sparse_vegetation",
-    80: "permanent_water_bodies",
-}
-#: ESA WorldCover colour of each class (hex RGB).
-LANDCOVER_COLORS: dict[int, str] = {
-    10: "006400",
-    20: "ffbb22",
-    30: "ffff4c",
-    40: "f096ff",
-    50: "fa0000",
-    60: "b4b4b4",
-    80: "0064c8",
-}
-
-
-# ------------------------------------------------------------------------------------------ spectra
-
-
-class _EM(IntEnum):
-    """Endmembers: the pure materials every pixel is a mixture of."""
-
-    LEAF = 0  # herbaceous green canopy: crops, grass
-    BROADLEAF = 1
-    NEEDLE = 2
-    DRY = 3  # senescent vegetation, straw, stubble, litter
-    SOIL = 4
-    ROCK = 5  # bright bare rock and gravel
-    URBAN = 6  # roofs, concrete, asphalt
-    WATER = 7
-    TURBID = 8  # sediment-laden water
-    FLOWER = 9  # flowering rapeseed
-
-
-# Surface reflectance of each endmember in thousandths, tabulated at these wavelengths (micrometres)
-# and interpolated to the band centres, so the library does not depend on the band table's order.
-_WAVELENGTHS = (0.443, 0.490, 0.560, 0.665, 0.705, 0.740, 0.783, 0.842, 0.865, 0.945, 1.610, 2.190)
-_SPECTRA = {
-    _EM.LEAF: (25, 30, 75, 30, 90, 270, 370, 410, 420, 400, 210, 95),
-    _EM.BROADLEAF: (18, 22, 50, 22, 70, 210, 290, 320, 330, 315, 160, 70),
-    _EM.NEEDLE: (15, 18, 35, 18, 50, 150, 200, 220, 230, 220, 110, 45),
-    _EM.DRY: (60, 75, 110, 150, 180, 210, 230, 250, 260, 265, 340, 250),
-    _EM.SOIL: (55, 70, 100, 140, 160, 180, 195, 210, 220, 230, 290, 250),
-    _EM.ROCK: (110, 140, 190, 240, 260, 275, 285, 295, 300, 305, 340, 290),
-    _EM.URBAN: (90, 100, 120, 140, 150, 160, 170, 180, 185, 190, 210, 190),
-    _EM.WATER: (50, 45, 40, 20, 15, 8, 6, 5, 4, 3, 2, 1),
-    _EM.TURBID: (60, 65, 80, 55, 45, 20, 14, 12, 10, 6, 3, 1),
-    _EM.FLOWER: (30, 40, 170, 140, 200, 320, 380, 420, 430, 410, 230, 110),
-}
-# Thick cloud tops: bright and nearly flat, a little darker in the SWIR.
-_CLOUD = (0.52, 0.53, 0.55, 0.56, 0.56, 0.56, 0.56, 0.56, 0.56, 0.53, 0.44, 0.33)
-# Fraction of the light a cloud shadow removes: less in the blue, where diffuse skylight fills in.
-_SHADOW_DEPTH = ((0.44, 0.55), (2.19, 0.80))
-
-_CENTRES = np.array([b.center_wavelength for b in BANDS])
-_BAND_INDEX = {b.key: i for i, b in enumerate(BANDS)}
-
-
-def _at_bands(values: tuple[float, ...]) -> np.ndarray:
-    return np.interp(_CENTRES, _WAVELENGTHS, values).astype(np.float32)
-
-
-_ENDMEMBERS = np.stack([_at_bands(_SPECTRA[e]) / 1000 for e in _EM])  # (K, n_bands)
-
-
-# ------------------------------------------------------------------------------------------- covers
-
-
-@dataclass(frozen=True)
-class _Cover:
-    """A cover type: its green canopy, its phenology calendar and what lies beneath."""
-
-    green: _EM  # endmember of the green canopy
-    base: tuple[tuple[_EM, float], ...]  # the rest (1 - green - dry - flower); sum < 1: shade
-    doy: tuple[int, ...]  # calendar knots, day of year (cyclic)
-    g: tuple[float, ...]  # green canopy fraction at the knots
-    dry: tuple[float, ...]  # dry vegetation fraction at the knots
-    flower: tuple[float, ...] | None = None
-    vigour: float = 0.3  # relative change of the green fraction per unit of the vigour field
-
-
-class _C(IntEnum):
-    BROADLEAF_FOREST = 0
-    NEEDLELEAF_FOREST = 1
-    MIXED_FOREST = 2  # the mean of the two above
-    SHRUB = 3
-    PASTURE = 4
-    MEADOW = 5  # mown twice a year
-    WINTER_CEREAL = 6
-    MAIZE = 7
-    SOYBEAN = 8
-    RAPESEED = 9
-    BUILT = 10
-    ROAD = 11
-    ROCK = 12
-    WATER = 13
-
-
-_SOIL = ((_EM.SOIL, 1.0),)
-_COVERS: dict[_C, _Cover] = {
-    _C.BROADLEAF_FOREST: _Cover(
-        _EM.BROADLEAF,
-        ((_EM.SOIL, 0.35),),
-        (15, 100, 118, 140, 240, 280, 300, 325),
-        (0.12, 0.12, 0.45, 0.90, 0.90, 0.72, 0.35, 0.12),
-        (0.50, 0.50, 0.35, 0.05, 0.05, 0.15, 0.40, 0.50),
-    ),
-    _C.NEEDLELEAF_FOREST: _Cover(
-        _EM.NEEDLE,
-        ((_EM.SOIL, 0.3),),
-        (15, 120, 200, 300),
-        (0.80, 0.86, 0.92, 0.84),
-        (0.06, 0.05, 0.03, 0.06),
-    ),
-    _C.SHRUB: _Cover(
-        _EM.BROADLEAF,
-        ((_EM.SOIL, 0.9),),
-        (20, 110, 160, 230, 290, 330),
-        (0.25, 0.35, 0.70, 0.60, 0.45, 0.28),
-        (0.50, 0.45, 0.20, 0.30, 0.40, 0.50),
-    ),
-    _C.PASTURE: _Cover(
-        _EM.LEAF,
-        _SOIL,
-        (15, 75, 105, 135, 165, 220, 280, 330),
-        (0.35, 0.40, 0.65, 0.85, 0.80, 0.60, 0.65, 0.45),
-        (0.55, 0.50, 0.28, 0.10, 0.14, 0.32, 0.27, 0.45),
-    ),
-    _C.MEADOW: _Cover(
-        _EM.LEAF,
-        _SOIL,
-        (15, 75, 105, 135, 165, 220, 280, 330),
-        (0.40, 0.42, 0.70, 0.92, 0.90, 0.82, 0.72, 0.50),
-        (0.50, 0.48, 0.25, 0.05, 0.07, 0.13, 0.23, 0.42),
-    ),
-    # sown in October, green through winter, ripe (dry) in late June, stubble, ploughed in October
-    _C.WINTER_CEREAL: _Cover(
-        _EM.LEAF,
-        _SOIL,
-        (1, 60, 95, 125, 150, 170, 185, 195, 260, 280, 295, 320, 350),
-        (0.22, 0.25, 0.50, 0.88, 0.85, 0.45, 0.10, 0.03, 0.06, 0.02, 0.02, 0.10, 0.18),
-        (0.00, 0.00, 0.00, 0.00, 0.05, 0.45, 0.80, 0.65, 0.50, 0.10, 0.03, 0.00, 0.00),
-    ),
-    # bare until May, peak in August, dry stalks in September, harvested in October
-    _C.MAIZE: _Cover(
-        _EM.LEAF,
-        _SOIL,
-        (1, 110, 140, 160, 185, 215, 245, 265, 280, 300, 330),
-        (0.00, 0.00, 0.03, 0.15, 0.60, 0.95, 0.85, 0.50, 0.25, 0.03, 0.00),
-        (0.35, 0.05, 0.00, 0.00, 0.00, 0.00, 0.10, 0.40, 0.65, 0.55, 0.45),
-    ),
-    _C.SOYBEAN: _Cover(
-        _EM.LEAF,
-        _SOIL,
-        (1, 120, 150, 175, 200, 230, 255, 270, 285, 310),
-        (0.00, 0.00, 0.02, 0.20, 0.70, 0.92, 0.70, 0.30, 0.05, 0.00),
-        (0.20, 0.05, 0.00, 0.00, 0.00, 0.00, 0.20, 0.55, 0.60, 0.30),
-    ),
-    # sown in late August, green in winter, yellow flowers in April-May, harvested in early July
-    _C.RAPESEED: _Cover(
-        _EM.LEAF,
-        _SOIL,
-        (1, 60, 90, 105, 120, 135, 160, 180, 195, 230, 245, 270, 300, 340),
-        (0.45, 0.45, 0.70, 0.70, 0.55, 0.75, 0.60, 0.15, 0.03, 0.02, 0.02, 0.25, 0.45, 0.45),
-        (0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.30, 0.75, 0.60, 0.20, 0.05, 0.00, 0.00, 0.00),
-        (0.00, 0.00, 0.00, 0.20, 0.40, 0.05, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00, 0.00),
-    ),
-    _C.BUILT: _Cover(
-        _EM.LEAF,
-        ((_EM.URBAN, 1.0),),
-        (15, 120, 200, 300),
-        (0.10, 0.22, 0.25, 0.15),
-        (0.03, 0.03, 0.03, 0.03),
-    ),
-    _C.ROAD: _Cover(_EM.LEAF, ((_EM.URBAN, 1.0),), (1, 180), (0.03, 0.05), (0.02, 0.02)),
-    _C.ROCK: _Cover(
-        _EM.LEAF,
-        ((_EM.ROCK, 0.85), (_EM.SOIL, 0.15)),
-        (15, 150, 240, 330),
-        (0.02, 0.08, 0.06, 0.02),
-        (0.05, 0.05, 0.08, 0.05),
-    ),
-    _C.WATER: _Cover(_EM.LEAF, ((_EM.WATER, 1.0),), (1, 180), (0.0, 0.0), (0.0, 0.0), vigour=0.0),
-}
-
-#: WorldCover class of each cover.
-_COVER_CLASS = {
-    _C.BROADLEAF_FOREST: 10,
-    _C.NEEDLELEAF_FOREST: 10,
-    _C.MIXED_FOREST: 10,
-    _C.SHRUB: 20,
-    _C.PASTURE: 30,
-    _C.MEADOW: 30,
-    _C.WINTER_CEREAL: 40,
-    _C.MAIZE: 40,
-    _C.SOYBEAN: 40,
-    _C.RAPESEED: 40,
-    _C.BUILT: 50,
-    _C.ROAD: 50,
-    _C.ROCK: 60,
-    _C.WATER: 80,
-}
-
-
-class _S(IntEnum):
-    """Layout slots: what the landscape layout puts at a pixel before covers are drawn."""
-
-    FARM = 0  # an agricultural parcel: crop, meadow or fallow
-    FOREST = 1
-    SHRUB = 2
-    PASTURE = 3
-    BUILT = 4
-    ROAD = 5
-    ROCK = 6
-    WATER = 7
-
-
-_N_SLOTS = len(_S)
-_FARM_COVERS = (_C.WINTER_CEREAL, _C.MAIZE, _C.SOYBEAN, _C.RAPESEED, _C.MEADOW, _C.SHRUB)
-_FARM_P = (0.26, 0.26, 0.10, 0.08, 0.25, 0.05)
-_FOREST_COVERS = (_C.BROADLEAF_FOREST, _C.NEEDLELEAF_FOREST, _C.MIXED_FOREST)
-_FOREST_P = (0.45, 0.25, 0.30)
-_SLOT_COVER = {
-    _S.SHRUB: _C.SHRUB,
-    _S.PASTURE: _C.PASTURE,
-    _S.BUILT: _C.BUILT,
-    _S.ROAD: _C.ROAD,
-    _S.ROCK: _C.ROCK,
-    _S.WATER: _C.WATER,
-}
-
-
-def _compose(cover: _Cover, doy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Endmember fractions of ``len(doy)`` units of one cover, and their change per unit vigour."""
-    n, k = doy.size, len(_EM)
-    g = np.interp(doy, cover.doy, cover.g, period=365)
-    dry = np.interp(doy, cover.doy, cover.dry, period=365)
-    flower = np.interp(doy, cover.doy, cover.flower, period=365) if cover.flower else np.zeros(n)
-    rest = 1.0 - g - dry - flower
-    base = np.zeros(k)
-    for em, w in cover.base:
-        base[em] = w
-    frac = rest[:, None] * base[None, :]  # (n, K)
-    frac[:, cover.green] += g
-    frac[:, _EM.DRY] += dry
-    frac[:, _EM.FLOWER] += flower
-    # vigour moves a share of the green canopy to and from the base material
-    toward_green = -base
-    toward_green[cover.green] += 1.0
-    dfrac = (cover.vigour * g)[:, None] * toward_green[None, :]
-    return frac, dfrac
-
+__all__ = ["LANDCOVER_CLASSES", "LANDCOVER_COLORS", "DemoLandscape", "DemoScene", "TileView"]
 
 # ------------------------------------------------------------------------------------- noise fields
 
@@ -337,14 +101,14 @@ def _field(
 
 
 def _voronoi(
-    rng: np.random.Generator, n: int, cell: tuple[float, float], angle: float
+    rng: np.random.Generator, shape: tuple[int, int], cell: tuple[float, float], angle: float
 ) -> np.ndarray:
-    """Ids of anisotropic Voronoi cells over an ``(n, n)`` grid: elongated parcels.
+    """Ids of anisotropic Voronoi cells over a ``shape`` grid: elongated parcels.
 
     Seeds are jittered on a grid of ``cell`` (along, across) pixels rotated by ``angle``; each pixel
     checks the 3x3 neighbouring grid cells only.
     """
-    yy, xx = np.indices((n, n), dtype=np.float32)
+    yy, xx = np.indices(shape, dtype=np.float32)
     c, s = math.cos(angle), math.sin(angle)
     u = (xx * c + yy * s) / cell[0]
     v = (-xx * s + yy * c) / cell[1]
@@ -352,8 +116,8 @@ def _voronoi(
     u0, v0 = iu.min() - 1, iv.min() - 1
     nu, nv = iu.max() - u0 + 2, iv.max() - v0 + 2
     jitter = rng.uniform(0.1, 0.9, size=(2, nu, nv)).astype(np.float32)
-    best = np.full((n, n), np.inf, dtype=np.float32)
-    ids = np.zeros((n, n), dtype=np.int64)
+    best = np.full(shape, np.inf, dtype=np.float32)
+    ids = np.zeros(shape, dtype=np.int64)
     for du in (-1, 0, 1):
         for dv in (-1, 0, 1):
             cu, cv = iu + du - u0, iv + dv - v0
@@ -365,12 +129,15 @@ def _voronoi(
 
 
 def _meander(
-    rng: np.random.Generator, n: int, wavelength: tuple[float, float], amplitude: float
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    wavelength: tuple[float, float],
+    amplitude: float,
 ) -> np.ndarray:
-    """Distance (pixels) of every pixel of an ``(n, n)`` grid to a meandering line across it."""
-    yy, xx = np.indices((n, n), dtype=np.float32)
+    """Distance (pixels) of every pixel of a ``shape`` grid to a meandering line across it."""
+    yy, xx = np.indices(shape, dtype=np.float32)
     theta = rng.uniform(0.0, math.pi)
-    cx, cy = n * rng.uniform(0.3, 0.7, size=2)
+    cx, cy = np.array(shape[::-1]) * rng.uniform(0.3, 0.7, size=2)
     along = (xx - cx) * math.cos(theta) + (yy - cy) * math.sin(theta)
     across = -(xx - cx) * math.sin(theta) + (yy - cy) * math.cos(theta)
     offset = np.zeros_like(along)
@@ -451,7 +218,7 @@ def _solar_position(when: dt.datetime, lon: float, lat: float) -> tuple[float, f
 
 @dataclass(frozen=True)
 class DemoScene:
-    """One simulated Sentinel-2 L2A acquisition of a :class:`DemoLandscape`."""
+    """One simulated Sentinel-2 L2A acquisition of a tile."""
 
     #: band key -> ``(h, w)`` float32 surface reflectance at native resolution, NaN = no data
     reflectance: dict[str, np.ndarray]
@@ -477,101 +244,175 @@ class DemoScene:
         return pct[8] + pct[9] + pct[10]
 
 
+@dataclass(frozen=True)
+class TileView:
+    """Where a tile's pixels lie on the landscape.
+
+    A tile is a square of ``size`` 10 m pixels on its own grid (its own UTM zone, say). Over a few
+    kilometres the map from one UTM grid to another is affine to a small fraction of a pixel, so an
+    affine map between the two pixel grids places the tile; the tile samples the landscape at its
+    pixel centres (nearest landscape pixel), or crops it where the map is a whole-pixel shift.
+    """
+
+    size: int  #: tile side in 10 m pixels
+    #: tile pixel ``(col, row)`` -> landscape pixel ``(col, row)``, pixel corners at whole numbers
+    to_landscape: Affine
+
+    @property
+    def side(self) -> int:
+        """The tile side rounded up to whole 60 m pixels (what is sampled)."""
+        return -(-self.size // 6) * 6
+
+    @property
+    def crop(self) -> tuple[int, int] | None:
+        """``(row, col)`` of the tile's top-left pixel in the landscape, if the tile is a crop."""
+        a = self.to_landscape
+        if (a.a, a.b, a.d, a.e) == (1.0, 0.0, 0.0, 1.0) and a.c.is_integer() and a.f.is_integer():
+            return int(a.f), int(a.c)
+        return None
+
+    def positions(self, resolution: int, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Landscape ``(col, row)`` of the centres of the tile's ``resolution`` m pixels.
+
+        Args:
+            resolution: 10, 20 or 60.
+            n: pixels per side (default: those that cover the tile).
+        """
+        k = resolution // 10
+        n = n or -(-self.size // k)
+        c = (np.arange(n) + 0.5) * k
+        x, y = np.meshgrid(c, c)
+        a = self.to_landscape
+        return a.a * x + a.b * y + a.c, a.d * x + a.e * y + a.f
+
+
+@dataclass(frozen=True)
+class _Sky:
+    """One date over the whole landscape at 10 m, before a tile samples it."""
+
+    #: ``(B + 4, h, w)`` float32: the bands seen from above (surface, shadows, clouds), then the
+    #: surface NDVI and nir08 (for the SCL), the cloud opacity and the shadow strength
+    layers: np.ndarray
+    sun_azimuth: float
+    sun_elevation: float
+    day: int  #: proleptic ordinal of the date (seeds the sensor noise)
+
+
+_N_BANDS = len(BANDS)
+_NDVI, _NIR, _ALPHA, _SHADOW = range(_N_BANDS, _N_BANDS + 4)
+
+
 # ---------------------------------------------------------------------------------------- landscape
 
 
 class DemoLandscape:
-    """A synthetic landscape of ``size x size`` 10 m pixels and its Sentinel-2 L2A scenes.
+    """A synthetic landscape of 10 m pixels and the Sentinel-2 L2A scenes tiles take of it.
 
     Everything is drawn from ``np.random.default_rng`` streams seeded with ``seed`` (and, for a
-    scene, its date), so the same arguments give the same arrays on every run.
+    date, its day; for a tile's sensor noise, the tile's key), so the same arguments give the same
+    arrays on every run. :meth:`render` simulates a date over the whole landscape and
+    :meth:`observe` cuts a tile's scene out of it; :meth:`scene` does both for a tile that is the
+    landscape itself.
 
     Args:
         seed: the landscape's seed.
-        size: tile side in 10 m pixels (>= 16).
-        lon: longitude of the tile centre, degrees (for the sun's position).
-        lat: latitude of the tile centre, degrees (for the sun's position).
+        size: side in 10 m pixels (>= 16), or ``(height, width)``.
+        lon: longitude of the landscape's centre, degrees (for the sun's position).
+        lat: latitude of the landscape's centre, degrees (for the sun's position).
 
     Attributes:
-        landcover: ``(size, size)`` uint8 map of :data:`LANDCOVER_CLASSES` codes at 10 m.
+        landcover: ``(height, width)`` uint8 map of :data:`LANDCOVER_CLASSES` codes at 10 m.
     """
 
-    def __init__(self, *, seed: int, size: int, lon: float = 15.0, lat: float = 46.0) -> None:
-        if size < 16:
-            raise ValueError(f"size={size} is too small for a demo tile; use at least 16 pixels")
-        self.seed, self.size, self.lon, self.lat = seed, size, lon, lat
-        # generate on a side divisible by 6, so 20 m and 60 m pixels are whole blocks of 10 m pixels
-        self._n = n = -(-size // 6) * 6
+    def __init__(
+        self, *, seed: int, size: int | tuple[int, int], lon: float = 15.0, lat: float = 46.0
+    ) -> None:
+        h, w = (size, size) if isinstance(size, int) else size
+        if min(h, w) < 16:
+            raise ValueError(f"size={size} is too small for a demo landscape; use >= 16 pixels")
+        self.seed, self.lon, self.lat = seed, lon, lat
+        self.size = (h, w)
+        # generate on sides divisible by 6, so a tile that is the whole landscape has whole 20 m
+        # and 60 m pixels
+        self._shape = shape = (-(-h // 6) * 6, -(-w // 6) * 6)
         rng = np.random.default_rng([seed, 1])
 
-        slot, region = self._layout(rng, n)
+        slot, region = self._layout(rng, shape)
         units, unit = np.unique(region * _N_SLOTS + slot, return_inverse=True)
-        self._unit = unit.reshape(n, n).astype(np.int32)  # (n, n) index into the unit table
+        self._unit = unit.reshape(shape).astype(np.int32)  # index into the unit table
         self._draw_units(rng, (units % _N_SLOTS).astype(np.int64))
-        self.landcover = self._unit_class[self._unit[:size, :size]]
+        self._landcover = self._unit_class[self._unit]
+        self.landcover = self._landcover[:h, :w]
 
         # per-pixel vigour (std 1, coherent at a few pixels and within-parcel gradients) and texture
-        vig = sum(w * _field(rng, (n, n), sc) for w, sc in ((0.5, 20), (0.6, 3), (0.4, 1)))
-        self._vigour = np.clip(vig / vig.std(), -2.5, 2.5)
-        fine, medium = _field(rng, (n, n), 0.7), _field(rng, (n, n), 8)
+        vig = sum(f * _field(rng, shape, sc) for f, sc in ((0.5, 20), (0.6, 3), (0.4, 1)))
+        self._vigour = np.clip(vig / vig.std(), -2.5, 2.5).astype(np.float32)
+        fine, medium = _field(rng, shape, 0.7), _field(rng, shape, 8)
         urban = np.isin(self._unit_cover[self._unit], (_C.BUILT, _C.ROAD))
         self._texture = np.where(
             urban, np.clip(1.0 + 0.22 * fine, 0.5, 1.6), 1.0 + 0.025 * fine + 0.03 * medium
         ).astype(np.float32)
 
-        # the swath edge of the orbit that sees the tile only in part: a line tilted like the ground
-        # track, no data on one side; the valid side covers 55-80 % of the tile
+        # the swath edge of the orbit that sees the landscape only in part: a line tilted like the
+        # ground track, no data on one side; the valid side covers 55-80 % of the landscape's width
         tilt = math.radians(rng.uniform(8.0, 16.0)) * rng.choice((-1.0, 1.0))
         side = float(rng.choice((-1.0, 1.0)))  # +1: no data east of the edge
         covered = rng.uniform(0.55, 0.80)
-        self._swath = (size * (covered if side > 0 else 1.0 - covered), math.tan(tilt), side)
+        self._swath = (w * (covered if side > 0 else 1.0 - covered), math.tan(tilt), side)
+
+    def view(self) -> TileView:
+        """The view of a tile that is the landscape itself (its shorter side)."""
+        return TileView(min(self.size), Affine.identity())
 
     # --------------------------------------------------------------------------------- layout
 
-    def _layout(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _layout(
+        self, rng: np.random.Generator, shape: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Slot and region id of every pixel: what is where, and which parcel or stand it is in."""
-        area_km2 = (n * 0.01) ** 2
-        terrain = _field(rng, (n, n), 120, beta=3.0)
-        natural = 0.75 * terrain + 0.65 * _field(rng, (n, n), 40)
+        h, w = shape
+        area_km2 = h * w * 1e-4
+        terrain = _field(rng, shape, 120, beta=3.0)
+        natural = 0.75 * terrain + 0.65 * _field(rng, shape, 40)
         f_forest, f_shrub, f_pasture = rng.uniform(0.28, 0.45), *rng.uniform(0.03, 0.07, size=2)
         q_pasture, q_shrub, q_forest = np.quantile(
             natural,
             [1 - f_forest - f_shrub - f_pasture, 1 - f_forest - f_shrub, 1 - f_forest],
         )
-        slot = np.full((n, n), _S.FARM, dtype=np.int64)
+        slot = np.full(shape, _S.FARM, dtype=np.int64)
         slot[natural > q_pasture] = _S.PASTURE
         slot[natural > q_shrub] = _S.SHRUB
         slot[natural > q_forest] = _S.FOREST
         slot[terrain > np.quantile(terrain, 0.992)] = _S.ROCK
 
         # a river with riparian trees and gravel bars; sometimes a lake in a low spot
-        river = _meander(rng, n, (60.0, 200.0), 0.12)
+        river = _meander(rng, shape, (60.0, 200.0), 0.12)
         width = rng.uniform(4.0, 9.0) / 2
-        banks = _field(rng, (n, n), 2)
+        banks = _field(rng, shape, 2)
         slot[(river < width + 2.5 + 1.5 * banks) & (slot == _S.FARM)] = _S.FOREST
         water = river < width
         if rng.random() < 0.6:
-            yy, xx = np.indices((n, n), dtype=np.float32)
-            cand = rng.integers(0, n, size=(32, 2))
+            yy, xx = np.indices(shape, dtype=np.float32)
+            cand = rng.integers(0, (h, w), size=(32, 2))
             cy, cx = cand[np.argmin(terrain[cand[:, 0], cand[:, 1]])]
             ry, rx = rng.uniform(12.0, 35.0, size=2)
-            shape = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 + 0.35 * _field(rng, (n, n), 6)
-            water |= shape < 1.0
+            lake = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 + 0.35 * _field(rng, shape, 6)
+            water |= lake < 1.0
 
         # roads across the tile, villages along them
-        roads = np.zeros((n, n), dtype=bool)
-        for _ in range(max(1, round(n / 250)) + int(rng.integers(0, 2))):  # one per ~2.5 km
-            roads |= _meander(rng, n, (150.0, 400.0), 0.04) < rng.uniform(0.6, 1.0)
+        roads = np.zeros(shape, dtype=bool)
+        for _ in range(max(1, round(max(h, w) / 250)) + int(rng.integers(0, 2))):  # one per ~2.5 km
+            roads |= _meander(rng, shape, (150.0, 400.0), 0.04) < rng.uniform(0.6, 1.0)
         on_road = np.flatnonzero(roads)
-        density = np.zeros((n, n), dtype=np.float32)
+        density = np.zeros(shape, dtype=np.float32)
         for _ in range(max(1, round(area_km2 / 6))):
-            cy, cx = divmod(int(on_road[rng.integers(0, on_road.size)]), n)
+            cy, cx = divmod(int(on_road[rng.integers(0, on_road.size)]), w)
             sigma = rng.uniform(10.0, 30.0)
             r = math.ceil(4 * sigma)
-            y0, y1, x0, x1 = max(cy - r, 0), min(cy + r, n), max(cx - r, 0), min(cx + r, n)
+            y0, y1, x0, x1 = max(cy - r, 0), min(cy + r, h), max(cx - r, 0), min(cx + r, w)
             yy, xx = np.ogrid[y0:y1, x0:x1]
             density[y0:y1, x0:x1] += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
-        built = density * (1.0 + 0.4 * _field(rng, (n, n), 4)) > 0.55
+        built = density * (1.0 + 0.4 * _field(rng, shape, 4)) > 0.55
         slot[built] = _S.BUILT
         slot[roads] = _S.ROAD
         slot[(river >= width) & (river < width + 2.0) & (banks > 1.0)] = _S.ROCK
@@ -581,10 +422,10 @@ class DemoLandscape:
         angle = rng.uniform(0.0, math.pi)
         cell_a = (rng.uniform(22.0, 40.0), rng.uniform(8.0, 14.0))
         cell_b = (rng.uniform(22.0, 40.0), rng.uniform(8.0, 14.0))
-        parcels_a = _voronoi(rng, n, cell_a, angle)
-        parcels_b = _voronoi(rng, n, cell_b, angle + rng.uniform(0.5, 1.2))
-        parcels = np.where(_field(rng, (n, n), 150) > 0, parcels_a, parcels_b + parcels_a.max() + 1)
-        stands = _voronoi(rng, n, (35.0, 35.0), 0.0) + parcels.max() + 1
+        parcels_a = _voronoi(rng, shape, cell_a, angle)
+        parcels_b = _voronoi(rng, shape, cell_b, angle + rng.uniform(0.5, 1.2))
+        parcels = np.where(_field(rng, shape, 150) > 0, parcels_a, parcels_b + parcels_a.max() + 1)
+        stands = _voronoi(rng, shape, (35.0, 35.0), 0.0) + parcels.max() + 1
         region = np.where(slot == _S.FARM, parcels, stands)
         return slot, region
 
@@ -642,73 +483,47 @@ class DemoLandscape:
     def _clouds(
         self, rng: np.random.Generator, fraction: float, azimuth: float, elevation: float
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Cloud opacity, cloud thickness and shadow strength, each ``(n, n)`` in [0, 1].
+        """Cloud opacity, cloud thickness and shadow strength, each ``(h, w)`` in [0, 1].
 
         The opacity is 0 outside clouds, rises over a soft edge (thin cirrus) to 1; a fraction
-        ``fraction`` of the tile has opacity > 0. Shadows are cast by the cloud bodies that stand
-        ``height / tan(elevation)`` towards the sun, so they come in from beyond the tile too.
+        ``fraction`` of the landscape has opacity > 0. Shadows are cast by the cloud bodies that
+        stand ``height / tan(elevation)`` towards the sun, so they come in from beyond the edges.
         """
-        n = self._n
+        h, w = self._shape
         length = min(rng.uniform(600.0, 1500.0) / math.tan(math.radians(max(elevation, 5.0))), 2500)
         drow = length / 10 * math.cos(math.radians(azimuth))  # pixels; rows grow southwards
         dcol = -length / 10 * math.sin(math.radians(azimuth))
         pr, pc = math.ceil(abs(drow)), math.ceil(abs(dcol))
-        dom = (n + 2 * pr, n + 2 * pc)
+        dom = (h + 2 * pr, w + 2 * pc)
         tau = _field(rng, dom, 250, beta=4.0) + 0.05 * _field(rng, dom, 2)
-        tile = tau[pr : pr + n, pc : pc + n]
+        tile = tau[pr : pr + h, pc : pc + w]
         if fraction <= 0:
-            zeros = np.zeros((n, n), dtype=np.float32)
+            zeros = np.zeros((h, w), dtype=np.float32)
             return zeros, zeros, zeros
         t = np.quantile(tile, 1.0 - fraction)
         alpha = np.clip((tau - t) / 0.5, 0.0, 1.0)
         # only the body of a cloud casts a shadow one can see; its thin edges do not
         r0, c0 = pr - round(drow), pc - round(dcol)
-        shadow = np.clip((tau[r0 : r0 + n, c0 : c0 + n] - t - 0.3) / 0.5, 0.0, 1.0)
+        shadow = np.clip((tau[r0 : r0 + h, c0 : c0 + w] - t - 0.3) / 0.5, 0.0, 1.0)
         thick = np.clip((tile - t) / 1.5, 0.0, 1.0)
-        return alpha[pr : pr + n, pc : pc + n], thick, shadow
+        return alpha[pr : pr + h, pc : pc + w], thick, shadow
 
-    def _nodata(self, resolution: int, shape: tuple[int, int]) -> np.ndarray:
-        """``shape`` mask of the pixels at ``resolution`` m beyond the swath edge."""
+    # --------------------------------------------------------------------------------- scenes
+
+    def _beyond_swath(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Signed distance (pixels, > 0 beyond the swath edge) of landscape points ``(x, y)``."""
         x0, slope, side = self._swath
-        k = resolution / 10
-        y = (np.arange(shape[0]) + 0.5)[:, None] * k
-        x = (np.arange(shape[1]) + 0.5)[None, :] * k
-        return side * (x - (x0 + slope * (y - self.size / 2))) > 0
+        return side * (x - (x0 + slope * (y - self.size[0] / 2)))
 
-    def _footprint(self, partial: bool) -> tuple[tuple[float, float], ...]:
-        s = float(self.size)
-        poly = [(0.0, 0.0), (s, 0.0), (s, s), (0.0, s)]
-        if not partial:
-            return tuple(poly)
-        x0, slope, side = self._swath
-
-        def f(p: tuple[float, float]) -> float:  # > 0 beyond the edge
-            return side * (p[0] - (x0 + slope * (p[1] - s / 2)))
-
-        out = []
-        for a, b in zip(poly, poly[1:] + poly[:1], strict=True):
-            fa, fb = f(a), f(b)
-            if fa <= 0:
-                out.append(a)
-            if (fa <= 0) != (fb <= 0):
-                t = fa / (fa - fb)
-                out.append((a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1])))
-        return tuple(out)
-
-    def scene(self, when: dt.datetime, *, cloud_cover: float, partial: bool = False) -> DemoScene:
-        """Simulate the acquisition at ``when``.
+    def render(self, when: dt.datetime, *, cloud_cover: float) -> _Sky:
+        """Simulate the landscape on the date of ``when``: surface, clouds, shadows, the sun.
 
         Args:
             when: overpass time (timezone-aware; it sets the season and the sun).
             cloud_cover: mean cloud fraction in [0, 1]; this date's fraction is drawn around it.
-            partial: whether the orbit sees the tile only in part (no data beyond a swath edge).
-
-        Returns:
-            The scene; its :attr:`DemoScene.cloud_cover` is measured on its SCL.
         """
         if not 0.0 <= cloud_cover <= 1.0:
             raise ValueError(f"cloud_cover={cloud_cover} is not a fraction in [0, 1]")
-        size = self.size
         rng = np.random.default_rng([self.seed, 2, when.date().toordinal()])
         azimuth, elevation = _solar_position(when, self.lon, self.lat)
         doy = when.timetuple().tm_yday
@@ -717,12 +532,15 @@ class DemoLandscape:
         spectra, dspectra = self._unit_spectra(
             doy, moisture=rng.uniform(0.8, 1.05), turbidity=rng.normal(0.0, 0.15)
         )
-        surf = np.take(spectra.T, self._unit, axis=1)  # (B, n, n)
+        layers = np.empty((_N_BANDS + 4, *self._shape), dtype=np.float32)
+        surf = layers[:_N_BANDS]  # (B, h, w), a view
+        np.take(spectra.T, self._unit, axis=1, out=surf)
         surf += self._vigour * np.take(dspectra.T, self._unit, axis=1)
-        surf = _psf(surf * self._texture)
+        surf *= self._texture
+        surf[:] = _psf(surf)
         red, nir = surf[_BAND_INDEX["red"]], surf[_BAND_INDEX["nir08"]]
-        ndvi = _block_mean((nir - red) / (nir + red + 1e-6), 2)
-        water = _block_mean(nir, 2) < 0.05
+        layers[_NDVI] = (nir - red) / (nir + red + 1e-6)
+        layers[_NIR] = nir
 
         # weather: clouds over the surface, their shadows on it
         fraction = min(cloud_cover * rng.gamma(3.0, 1 / 3), 0.95)
@@ -730,36 +548,112 @@ class DemoLandscape:
         depth = np.interp(_CENTRES, *zip(*_SHADOW_DEPTH, strict=True)).astype(np.float32)
         surf *= 1.0 - shadow[None] * depth[:, None, None]
         cloud = np.asarray(_CLOUD, dtype=np.float32)[:, None, None] * (0.55 + 0.45 * thick)[None]
-        img = surf * (1.0 - alpha[None]) + cloud * alpha[None]
+        surf += (cloud - surf) * alpha[None]
+        layers[_ALPHA], layers[_SHADOW] = alpha, shadow
+        return _Sky(layers, azimuth, elevation, when.date().toordinal())
+
+    def _sample(self, a: np.ndarray, view: TileView) -> np.ndarray:
+        """The ``(..., side, side)`` values of ``a`` ``(..., h, w)`` at a tile's 10 m pixels."""
+        n = view.side
+        if (crop := view.crop) is not None:
+            r0, c0 = crop
+            assert r0 >= 0 and c0 >= 0 and r0 + n <= a.shape[-2] and c0 + n <= a.shape[-1], crop
+            return a[..., r0 : r0 + n, c0 : c0 + n]
+        x, y = view.positions(10, n)
+        rows, cols = np.floor(y).astype(np.intp), np.floor(x).astype(np.intp)
+        h, w = a.shape[-2:]
+        assert rows.min() >= 0 and cols.min() >= 0 and rows.max() < h and cols.max() < w, (
+            "the landscape does not cover the tile",
+            (rows.min(), rows.max(), cols.min(), cols.max(), h, w),
+        )
+        return a[..., rows, cols]
+
+    def sample_landcover(self, view: TileView) -> np.ndarray:
+        """The ``(size, size)`` land-cover map of a tile (nearest landscape pixel)."""
+        return self._sample(self._landcover, view)[: view.size, : view.size]
+
+    def observe(
+        self, sky: _Sky, view: TileView, *, partial: bool = False, key: int = 0
+    ) -> DemoScene:
+        """The scene a tile takes of a rendered date.
+
+        Args:
+            sky: the date, from :meth:`render`.
+            view: where the tile lies on the landscape.
+            partial: whether the orbit sees the landscape only in part (no data beyond a swath
+                edge).
+            key: the tile's key, which seeds its sensor noise (distinct tiles: distinct keys).
+
+        Returns:
+            The scene; its :attr:`DemoScene.cloud_cover` is measured on its SCL.
+        """
+        size = view.size
+        layers = self._sample(sky.layers, view)  # (B + 4, side, side)
+        rng = np.random.default_rng([self.seed, 3, sky.day, key])
 
         # native resolutions, sensor noise, no data beyond the swath edge
         reflectance = {}
         for i, b in enumerate(BANDS):
             k = b.resolution // 10
             side = -(-size // k)
-            band = _block_mean(img[i], k)[:side, :side] if k > 1 else img[i, :size, :size]
+            band = _block_mean(layers[i], k)[:side, :side] if k > 1 else layers[i, :size, :size]
             band = band + rng.standard_normal(band.shape, dtype=np.float32) * (0.001 + 0.005 * band)
             band = np.clip(band, 1e-4, 1.5).astype(np.float32)
             if partial:
-                band[self._nodata(b.resolution, band.shape)] = np.nan
+                band[self._beyond_swath(*view.positions(b.resolution)) > 0] = np.nan
             reflectance[b.key] = band
 
         # scene classification at 20 m, from the same fields
         side = -(-size // 2)
-        a20, s20 = _block_mean(alpha, 2)[:side, :side], _block_mean(shadow, 2)[:side, :side]
+        ndvi, nir, a20, s20 = (
+            _block_mean(layers[i], 2)[:side, :side] for i in (_NDVI, _NIR, _ALPHA, _SHADOW)
+        )
         scl = np.full((side, side), 5, dtype=np.uint8)  # not vegetated
-        scl[ndvi[:side, :side] > 0.4] = 4
-        scl[water[:side, :side]] = 6
+        scl[ndvi > 0.4] = 4
+        scl[nir < 0.05] = 6
         scl[s20 > 0.3] = 3
         scl[a20 > 0.04] = 10
         scl[a20 >= 0.35] = 8
         scl[a20 >= 0.75] = 9
         if partial:
-            scl[self._nodata(20, scl.shape)] = 0
+            scl[self._beyond_swath(*view.positions(20)) > 0] = 0
         return DemoScene(
             reflectance=reflectance,
             scl=scl,
-            footprint=self._footprint(partial),
-            sun_azimuth=azimuth,
-            sun_elevation=elevation,
+            footprint=self._footprint(view, partial),
+            sun_azimuth=sky.sun_azimuth,
+            sun_elevation=sky.sun_elevation,
+        )
+
+    def _footprint(self, view: TileView, partial: bool) -> tuple[tuple[float, float], ...]:
+        """The tile's square, clipped to the valid side of the swath edge on a partial date."""
+        s = float(view.size)
+        poly = [(0.0, 0.0), (s, 0.0), (s, s), (0.0, s)]
+        if not partial:
+            return tuple(poly)
+        a = view.to_landscape
+
+        def f(p: tuple[float, float]) -> float:  # > 0 beyond the edge
+            return float(self._beyond_swath(*(a * p)))
+
+        out = []
+        for p, q in zip(poly, poly[1:] + poly[:1], strict=True):
+            fp, fq = f(p), f(q)
+            if fp <= 0:
+                out.append(p)
+            if (fp <= 0) != (fq <= 0):
+                t = fp / (fp - fq)
+                out.append((p[0] + t * (q[0] - p[0]), p[1] + t * (q[1] - p[1])))
+        return tuple(out)
+
+    def scene(self, when: dt.datetime, *, cloud_cover: float, partial: bool = False) -> DemoScene:
+        """Simulate the acquisition at ``when`` of the tile that is the landscape itself.
+
+        Args:
+            when: overpass time (timezone-aware; it sets the season and the sun).
+            cloud_cover: mean cloud fraction in [0, 1]; this date's fraction is drawn around it.
+            partial: whether the orbit sees the tile only in part (no data beyond a swath edge).
+        """
+        return self.observe(
+            self.render(when, cloud_cover=cloud_cover), self.view(), partial=partial
         )

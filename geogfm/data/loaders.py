@@ -1,67 +1,145 @@
-"""Train and validation ``DataLoader``s over the patch manifest, normalised with channel stats.
+"""Train and validation ``DataLoader``s over the patch manifest, normalised on the training device.
 
 ``build_dataloader`` checks the three artifacts it reads (manifest, tile cache, statistics) before
-any worker starts, so a missing stage or a chip size that disagrees with the manifest fails at once
-with the command that fixes it.
+any worker starts, so a missing stage, statistics of another cache or a chip size that disagrees
+with the manifest fails at once with the command that fixes it.
+
+Batches carry the cache's ``uint16`` DN, not float32: a quarter of the bytes through the worker
+pipes and the host-to-device copy. Each batch has a ``"normalize"`` entry, a
+:class:`~geogfm.data.transforms.normalization.DeviceNormalize`, that the training loop applies once
+the batch is on the device (``geogfm.training.loop``), giving float32 z-scores with invalid pixels
+at 0. Workers are seeded from the loader's generator (torch, numpy and ``random``), persistent
+across epochs, and batches are pinned when a GPU is present.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, default_collate
 
 from geogfm.core.config import DataConfig
 from geogfm.core.errors import DataError
-from geogfm.data.cache_reader import load_cache_index
+from geogfm.data.cache_reader import check_stats_match, load_cache_index
 from geogfm.data.datasets.stac_dataset import StacPatchDataset
 from geogfm.data.manifest import read_manifest
-from geogfm.data.transforms.normalization import Normalize, load_stats
+from geogfm.data.transforms.normalization import DeviceNormalize, load_stats
+from geogfm.data.transforms.temporal_sampling import make_sampler
 
-__all__ = ["build_dataloader", "collate_patches"]
+__all__ = ["PatchLoader", "build_dataloader", "collate_patches", "seed_worker"]
 
 log = logging.getLogger(__name__)
 
 #: Keys stacked into tensors; the others are collated as plain lists.
-_TENSOR_KEYS = ("image", "valid")
+_TENSOR_KEYS = ("image", "valid", "time")
+
+
+def _rows_of_one_tensor(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """The (B, ...) tensor whose rows ``tensors`` are, in order, or None if they are not."""
+    first = tensors[0]
+    if not first.is_contiguous():
+        return None
+    storage, n = first.untyped_storage(), first.numel()
+    for k, t in enumerate(tensors):
+        if (
+            t.untyped_storage().data_ptr() != storage.data_ptr()
+            or t.storage_offset() != first.storage_offset() + k * n
+            or t.shape != first.shape
+            or t.dtype != first.dtype
+            or not t.is_contiguous()
+        ):
+            return None
+    shape = (len(tensors), *first.shape)
+    return torch.empty(0, dtype=first.dtype).set_(storage, first.storage_offset(), shape)
 
 
 def collate_patches(samples: list[dict]) -> dict:
-    """Collate samples: ``image`` -> (B, C, H, W), ``valid`` -> (B, H, W); other keys -> lists."""
-    batch = default_collate([{k: s[k] for k in _TENSOR_KEYS} for s in samples])
+    """Collate samples: ``image`` -> (B, [T,] C, H, W), ``valid``, ``time`` stacked; rest lists.
+
+    Samples whose ``image``/``valid`` are already the rows of one batch tensor (what
+    :meth:`StacPatchDataset.__getitems__` reads) are not copied: the batch is that tensor.
+    """
+    batch = {}
+    for key in ("image", "valid"):
+        if key in samples[0]:
+            batch[key] = _rows_of_one_tensor([s[key] for s in samples])
+    stack = [k for k in _TENSOR_KEYS if k in samples[0] and batch.get(k) is None]
+    batch.update(default_collate([{k: s[k] for k in stack} for s in samples]))
     for key in samples[0]:
         if key not in batch:
             batch[key] = [s[key] for s in samples]
     return batch
 
 
-def build_dataloader(data_cfg: DataConfig, *, seed: int = 0) -> tuple[DataLoader, DataLoader]:
-    """Build the train and validation loaders.
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn``: seed numpy and ``random`` from the worker's torch seed.
 
-    Both read ``data_cfg.manifest`` rows of their split from ``data_cfg.cache_dir``, select
-    ``data_cfg.bands`` and normalise them with ``data_cfg.stats``. The train loader shuffles with
-    a ``torch.Generator`` seeded by ``seed`` and drops the last incomplete batch (unless the split
-    is smaller than one batch); the validation loader keeps every patch, in manifest order.
+    PyTorch seeds each worker's torch RNG with the loader's base seed plus the worker id, but not
+    numpy's or ``random``'s: forked workers would otherwise share one numpy state.
+    """
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class PatchLoader(DataLoader):
+    """A ``DataLoader`` whose batches carry the normalisation to apply on the device.
+
+    Every batch it yields has ``batch["normalize"]``, a ``(image, valid) -> image`` callable
+    (:class:`DeviceNormalize`), added in the main process, so it is never pickled per batch.
 
     Args:
-        data_cfg: paths, bands, chip size, batch size and workers.
-        seed: seed of the shuffling generator.
+        dataset: the dataset.
+        normalize: the device normalisation.
+        **kwargs: passed to :class:`torch.utils.data.DataLoader`.
+    """
+
+    def __init__(self, dataset, *, normalize: DeviceNormalize, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.normalize = normalize
+
+    def __iter__(self) -> Iterator[dict]:  # noqa: D105
+        for batch in super().__iter__():
+            batch["normalize"] = self.normalize
+            yield batch
+
+
+def build_dataloader(data_cfg: DataConfig, *, seed: int = 0) -> tuple[PatchLoader, PatchLoader]:
+    """Build the train and validation loaders.
+
+    Both read ``data_cfg.manifest`` rows of their split from ``data_cfg.cache_dir`` as uint16 DN,
+    and normalise them on the training device with ``data_cfg.stats`` (see the module docstring).
+    The train loader shuffles with a ``torch.Generator`` seeded by ``seed`` and drops the last
+    incomplete batch (unless the split is smaller than one batch); the validation loader keeps
+    every patch, in manifest order. With ``data_cfg.num_frames > 1`` samples are ``T`` dates of
+    one window (picked by ``data_cfg.temporal_sampling``: at random per sample for training,
+    deterministically for validation).
+
+    Args:
+        data_cfg: paths, bands, chip size, batch size, workers, frames.
+        seed: seed of the shuffling generator and of the workers.
 
     Returns:
-        ``(train_dl, val_dl)``; batches are dicts with ``image`` (B, C, H, W) float32, ``valid``
-        (B, H, W) bool, and lists of ``patch_id``, ``cell_id``, ``time_index``, ``datetime``,
+        ``(train_dl, val_dl)``; batches are dicts with ``image`` (B, C, H, W) or (B, T, C, H, W)
+        uint16 DN, ``valid`` (B, [T,] H, W) bool, ``time`` (B, [T]) int64 seconds since 1970,
+        ``normalize``, and lists of ``patch_id``, ``cell``, ``time_index``, ``datetime``,
         ``bounds``, ``crs``.
 
     Raises:
         FileNotFoundError: if the manifest, the cache or the statistics are missing (naming the
             stage that makes them).
-        DataError: if the manifest's windows are not ``data_cfg.chip_size`` pixels, the train
-            split is empty, or a band is missing from the cache or the statistics.
+        DataError: if the statistics were computed from another cache, the manifest's windows are
+            not ``data_cfg.chip_size`` pixels, the train split is empty, a band is missing from
+            the cache or the statistics, or no window has ``num_frames`` usable dates.
     """
     rows = read_manifest(data_cfg.manifest)
-    load_cache_index(data_cfg.cache_dir)
+    index = load_cache_index(data_cfg.cache_dir)
     stats = load_stats(data_cfg.stats, data_cfg.bands)
+    check_stats_match(stats, data_cfg.cache_dir)
 
     sizes = sorted(int(s) for s in rows["size"].unique())
     if sizes and sizes != [data_cfg.chip_size]:
@@ -70,14 +148,25 @@ def build_dataloader(data_cfg: DataConfig, *, seed: int = 0) -> tuple[DataLoader
             f"data.chip_size is {data_cfg.chip_size}; rerun `geogfm patch_manifest` with "
             f"model.image_size={data_cfg.chip_size} (or set model.image_size={sizes[0]})"
         )
-    normalize = Normalize(stats, data_cfg.bands)
+    temporal = None
+    if data_cfg.num_frames > 1:
+        temporal = make_sampler(
+            data_cfg.temporal_sampling,
+            data_cfg.num_frames,
+            min_valid_fraction=data_cfg.min_frame_valid_fraction,
+            stride=data_cfg.frame_stride,
+        )
     train, val = (
         StacPatchDataset(
             rows,
             data_cfg.cache_dir,
             split=split,
             bands=data_cfg.bands,
-            transforms=normalize,
+            units="dn",
+            temporal=temporal,
+            random_frames=split == "train",
+            seed=seed,
+            chunk_cache_bytes=data_cfg.chunk_cache_mb * 2**20,
         )
         for split in ("train", "val")
     )
@@ -90,28 +179,38 @@ def build_dataloader(data_cfg: DataConfig, *, seed: int = 0) -> tuple[DataLoader
     if len(val) == 0:
         log.warning("the patch manifest %s has no val patches", data_cfg.manifest)
 
+    normalize = DeviceNormalize(stats, data_cfg.bands, scale=index.scale, offset=index.offset)
     workers = data_cfg.num_workers
     common = {
         "batch_size": data_cfg.batch_size,
         "num_workers": workers,
         "persistent_workers": workers > 0,
         "pin_memory": torch.cuda.is_available(),
+        "worker_init_fn": seed_worker,
         "collate_fn": collate_patches,
+        "normalize": normalize,
     }
-    train_dl = DataLoader(
+    train_dl = PatchLoader(
         train,
         shuffle=True,
         generator=torch.Generator().manual_seed(seed),
         drop_last=len(train) >= data_cfg.batch_size,
         **common,
     )
-    val_dl = DataLoader(val, shuffle=False, drop_last=False, **common)
+    val_dl = PatchLoader(
+        val,
+        shuffle=False,
+        drop_last=False,
+        generator=torch.Generator().manual_seed(seed + 1),
+        **common,
+    )
     log.info(
-        "loaders: %d train / %d val patches of %d px, %d bands, batch %d, %d workers",
+        "loaders: %d train / %d val samples of %d px, %d bands, %s, batch %d, %d workers",
         len(train),
         len(val),
         data_cfg.chip_size,
         len(data_cfg.bands),
+        "single-date" if temporal is None else f"{temporal}",
         data_cfg.batch_size,
         workers,
     )

@@ -3,9 +3,9 @@
 Windows of ``size`` pixels step by ``stride`` over each cell of the tile cache. For each time step a
 window gets ``valid_fraction`` (share of pixels the cache marks valid) and ``cloud_fraction`` (share
 of pixels whose scene class is a cloud, cirrus or shadow class); rows below ``min_valid_fraction``
-are left out. The windows that keep at least one row are split spatially
-(:mod:`geogfm.data.splits`), so a location is in the same split at every time step, and train
-windows within the buffer of a val window are dropped at every time step.
+or above ``max_cloud_fraction`` are left out. The windows that keep at least one row are split
+spatially (:mod:`geogfm.data.splits`), so a location is in the same split at every time step, and a
+window within the buffer of a window of another split is dropped at every time step.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from geogfm.core.errors import DataError
 from geogfm.data.cache_reader import CacheIndex
-from geogfm.data.splits import spatial_block_split
+from geogfm.data.splits import SPLITS, spatial_block_split
 from geogfm.data.windows import window_fractions, window_grid
 
 __all__ = ["MANIFEST_COLUMNS", "build_manifest", "patch_id", "read_manifest", "write_manifest"]
@@ -70,6 +70,7 @@ def _cell_rows(
     size: int,
     stride: int,
     min_valid_fraction: float,
+    max_cloud_fraction: float,
     cloud_scl_classes: Sequence[int],
 ) -> tuple[pd.DataFrame, int]:
     """QA rows of one cell's kept (time, window) pairs, and the number of candidate rows."""
@@ -90,10 +91,10 @@ def _cell_rows(
         valid = np.asarray(ds["valid"][t].values, dtype=bool)  # (H, W)
         cloud = np.isin(ds["scl"][t].values, classes)  # (H, W)
         vf = window_fractions(valid, rows, cols, size=size)
-        keep = vf >= min_valid_fraction
+        cf = window_fractions(cloud, rows, cols, size=size)
+        keep = (vf >= min_valid_fraction) & (cf <= max_cloud_fraction)
         if not keep.any():
             continue
-        cf = window_fractions(cloud, rows[keep], cols[keep], size=size)
         parts.append(
             pd.DataFrame(
                 {
@@ -104,7 +105,7 @@ def _cell_rows(
                     "row": rows[keep],
                     "col": cols[keep],
                     "valid_fraction": vf[keep],
-                    "cloud_fraction": cf,
+                    "cloud_fraction": cf[keep],
                 }
             )
         )
@@ -119,9 +120,11 @@ def build_manifest(
     size: int,
     stride: int,
     min_valid_fraction: float,
+    max_cloud_fraction: float = 1.0,
     cloud_scl_classes: Sequence[int],
     block_size: int,
     val_fraction: float,
+    test_fraction: float = 0.0,
     buffer: int,
     seed: int,
 ) -> tuple[pd.DataFrame, dict]:
@@ -131,11 +134,14 @@ def build_manifest(
         index: the tile cache index.
         size: window side, pixels (the model's image size).
         stride: step between windows, pixels.
-        min_valid_fraction: rows with fewer valid pixels are left out.
+        min_valid_fraction: rows with a smaller share of valid pixels are left out.
+        max_cloud_fraction: rows with a larger share of cloud pixels are left out.
         cloud_scl_classes: SCL classes counted in ``cloud_fraction``.
         block_size: spatial split block side, pixels.
         val_fraction: fraction of blocks for val.
-        buffer: train windows closer than this many pixels to a val window are dropped.
+        test_fraction: fraction of blocks for test (0: no test split).
+        buffer: windows closer than this many pixels to a window of a higher-ranked split
+            (test > val > train) are dropped.
         seed: seed of the block draw.
 
     Returns:
@@ -144,8 +150,17 @@ def build_manifest(
 
     Raises:
         ValueError: if ``size`` is larger than a cell.
-        DataError: if no window passes ``min_valid_fraction`` or the split is impossible.
+        DataError: if the cells are not on one grid, no window passes the thresholds, or the split
+            is impossible.
     """
+    grids = sorted({(c.crs, c.resolution) for c in index.cells})
+    if len(grids) > 1:
+        raise DataError(
+            f"the tile cache {index.root} has cells on {len(grids)} grids (CRS, resolution) "
+            f"{grids}; the spatial split measures its buffer on one grid: rebuild the cache with "
+            "one tile_cache.crs and tile_cache.resolution"
+        )
+    crs, resolution = grids[0]
     small = [c for c in index.cells if size > min(c.shape)]
     if small:
         raise ValueError(
@@ -161,6 +176,7 @@ def build_manifest(
             size=size,
             stride=stride,
             min_valid_fraction=min_valid_fraction,
+            max_cloud_fraction=max_cloud_fraction,
             cloud_scl_classes=cloud_scl_classes,
         )
         n_candidates += n
@@ -168,9 +184,10 @@ def build_manifest(
             frames.append(df)
     if not frames:
         raise DataError(
-            f"no window passes patch_manifest.min_valid_fraction={min_valid_fraction}: 0 of "
-            f"{n_candidates} (cell, time, window) candidates in {len(index.cells)} cell(s) are "
-            "valid enough; lower patch_manifest.min_valid_fraction or cache less cloudy dates"
+            f"no window passes patch_manifest.min_valid_fraction={min_valid_fraction} and "
+            f"patch_manifest.max_cloud_fraction={max_cloud_fraction}: 0 of {n_candidates} "
+            f"(cell, time, window) candidates in {len(index.cells)} cell(s) are kept; lower "
+            "min_valid_fraction, raise max_cloud_fraction, or cache less cloudy dates"
         )
     rows = pd.concat(frames, ignore_index=True)
     n_kept_qa = len(rows)
@@ -179,17 +196,18 @@ def build_manifest(
     loc = rows[["cell_id", "row", "col"]].drop_duplicates().reset_index(drop=True)
     cells = {c.id: c for c in index.cells}
     cell_of = [cells[c] for c in loc["cell_id"]]
-    res = np.array([c.resolution for c in cell_of])
+    res = resolution
     minx = np.array([c.bounds[0] for c in cell_of]) + loc["col"].to_numpy() * res
     maxy = np.array([c.bounds[3] for c in cell_of]) - loc["row"].to_numpy() * res
     bounds = np.stack([minx, maxy - size * res, minx + size * res, maxy], axis=1)  # (N, 4)
-    loc["crs"] = [c.crs for c in cell_of]
+    loc["crs"] = crs
     split = spatial_block_split(
         bounds,
-        loc["crs"].to_numpy(),
-        res,
+        crs=crs,
+        resolution=resolution,
         block_size=block_size,
         val_fraction=val_fraction,
+        test_fraction=test_fraction,
         buffer=buffer,
         seed=seed,
     )
@@ -217,22 +235,24 @@ def build_manifest(
         "chip_size": size,
         "stride": stride,
         "min_valid_fraction": min_valid_fraction,
+        "max_cloud_fraction": max_cloud_fraction,
         "cells": [c.id for c in index.cells],
         "rows": {
             "candidates": n_candidates,
             "kept_min_valid": n_kept_qa,
             "dropped_min_valid": n_candidates - n_kept_qa,
             "dropped_for_buffer": n_kept_qa - len(manifest),
-            "train": int((manifest["split"] == "train").sum()),
-            "val": int((manifest["split"] == "val").sum()),
+            **{s: int((manifest["split"] == s).sum()) for s in SPLITS},
         },
         **split.audit,
     }
     log.info(
-        "manifest: %d rows (%d train, %d val) of %d candidates; %d windows dropped for the buffer",
+        "manifest: %d rows (%d train, %d val, %d test) of %d candidates; %d windows dropped for "
+        "the buffer",
         len(manifest),
         audit["rows"]["train"],
         audit["rows"]["val"],
+        audit["rows"]["test"],
         n_candidates,
         audit["windows"]["dropped_for_buffer"],
     )
@@ -250,14 +270,15 @@ def write_manifest(manifest: pd.DataFrame, path: str | Path) -> None:
     pq.write_table(table, path, compression="zstd")
 
 
-def read_manifest(path: str | Path) -> pd.DataFrame:
+def read_manifest(path: str | Path, *, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """Read a manifest written by the ``patch_manifest`` stage.
 
     Args:
         path: ``patches.parquet``, or the manifests directory holding it.
+        columns: the columns to read (default: all of :data:`MANIFEST_COLUMNS`).
 
     Returns:
-        The manifest, columns :data:`MANIFEST_COLUMNS`.
+        The manifest with those columns, in file order.
 
     Raises:
         FileNotFoundError: if the file is missing (naming the stage that makes it).
@@ -268,11 +289,12 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         path = path / "patches.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"patch manifest {str(path)!r} not found; {_MAKE_MANIFEST}")
-    table = pq.read_table(path)
-    missing = [c for c in MANIFEST_COLUMNS if c not in table.column_names]
+    names = pq.read_schema(path).names
+    missing = [c for c in MANIFEST_COLUMNS if c not in names]
     if missing:
         raise DataError(
             f"patch manifest {path} lacks column(s) {missing}; it is from another version: "
             f"{_MAKE_MANIFEST}"
         )
-    return table.select(list(MANIFEST_COLUMNS)).to_pandas()
+    wanted = list(MANIFEST_COLUMNS if columns is None else columns)
+    return pq.read_table(path, columns=wanted).to_pandas()

@@ -1,72 +1,52 @@
-"""STAC search, one set of semantics for a STAC API and a local static catalog; its lock file.
+"""STAC search, one set of semantics for a STAC API and a local static catalog.
 
-:func:`search_items` sends a search to a STAC API with pystac-client (the cloud-cover filter as CQL2
-JSON where the API offers the filter extension, else through the query extension, with retries on
-server errors), or walks a local ``catalog.json`` with pystac and applies the same rules:
-collections, ``bbox`` intersects the item geometry, ``datetime`` interval (open ends, date-only
-bounds cover the whole day), ``eo:cloud_cover <= max_cloud_cover`` and ``max_items`` after sorting
-by ``(datetime, id)``. Either way the result is sorted by ``(datetime, id)`` with absolute asset
-hrefs.
-
-:func:`write_lock` records exactly what was found: item ids, asset hrefs with sizes and checksums
-where they can be known (sha256 of local files; ``Content-Length`` and ``ETag`` of http assets),
-processing baselines and the query.
+:func:`search_items` sends a search to a STAC API (through :mod:`geogfm.data.stac_api`:
+pystac-client, conformance checks, retries), or walks a local ``catalog.json`` with pystac, and
+applies the same rules: collections (an unknown one is an error), ``bbox`` or ``intersects`` (a
+GeoJSON geometry) intersecting the item geometry, a ``datetime`` interval (open ends; a date-only
+bound covers its whole day), ``eo:cloud_cover <= max_cloud_cover`` (applied by the server for an
+API) and ``max_items`` after sorting by ``(datetime, id)``. Either way the result is sorted by
+``(datetime, id)`` with absolute asset hrefs, and an empty result is an error that repeats the
+query. Every argument is checked before the first request. The lock file of a search is written by
+:mod:`geogfm.data.stac_lock`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
+import math
 import re
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import pystac
-import requests
 import shapely
-from pystac.utils import datetime_to_str, str_to_datetime
-from pystac_client import Client
-from pystac_client.conformance import ConformanceClasses
-from pystac_client.stac_api_io import StacApiIO
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
+from pystac.utils import str_to_datetime
 
 from geogfm.core.errors import DataError
-from geogfm.core.io import atomic_path, sha256_file
+from geogfm.data.stac_api import search_api
 
 __all__ = [
+    "StacQuery",
+    "check_bbox",
     "collection_bbox",
     "is_url",
     "item_datetime",
     "parse_datetime_interval",
     "search_items",
-    "write_lock",
 ]
 
 log = logging.getLogger(__name__)
 
-_RETRY_STATUS = (429, 500, 502, 503, 504)
 _PARTIAL_DATE = re.compile(r"^(?P<year>\d{4})(-(?P<month>\d{2})(-(?P<day>\d{2}))?)?$")
 
 
 def is_url(catalog: str | Path) -> bool:
     """Whether ``catalog`` is an http(s) URL (a STAC API) rather than a local path."""
     return isinstance(catalog, str) and catalog.lower().startswith(("http://", "https://"))
-
-
-def _retry(retries: int = 5) -> Retry:
-    # POST searches are retried too (allowed_methods=None): a search is read-only.
-    return Retry(
-        total=retries,
-        backoff_factor=0.5,
-        status_forcelist=_RETRY_STATUS,
-        allowed_methods=None,
-        raise_on_status=False,
-    )
 
 
 def item_datetime(item: pystac.Item) -> dt.datetime:
@@ -85,7 +65,7 @@ def _sort_key(item: pystac.Item) -> tuple[dt.datetime, str]:
     return item_datetime(item), item.id
 
 
-# ----------------------------------------------------------------------------------------- datetime
+# ------------------------------------------------------------------------------- query validation
 
 
 def _bound(text: str, *, end: bool) -> dt.datetime | None:
@@ -132,7 +112,8 @@ def parse_datetime_interval(value: str) -> tuple[dt.datetime | None, dt.datetime
         ``(start, end)``, both inclusive; ``None`` for an open end.
 
     Raises:
-        ValueError: naming the value if it cannot be parsed, or if both ends are open.
+        ValueError: naming the value if it cannot be parsed, if both ends are open or if it starts
+            after it ends.
     """
     parts = value.split("/")
     if len(parts) == 1:
@@ -144,26 +125,74 @@ def parse_datetime_interval(value: str) -> tuple[dt.datetime | None, dt.datetime
     if start is None and end is None:
         raise ValueError(f"datetime {value!r} is open at both ends; give a start or an end")
     if start is not None and end is not None and start > end:
-        raise ValueError(f"datetime {value!r} starts after it ends")
+        raise ValueError(
+            f"datetime {value!r} starts after it ends; write the interval as 'start/end' "
+            f"(did you mean '{parts[1]}/{parts[0]}'?)"
+        )
     return start, end
 
 
+def check_bbox(bbox: Sequence[float]) -> list[float]:
+    """Validate a search ``bbox`` ``[west, south, east, north]`` in degrees.
+
+    Returns:
+        The bbox as a list of floats.
+
+    Raises:
+        ValueError: naming the bbox if it does not have four finite numbers in range, if it is
+            inverted (south above north) or crosses the antimeridian (west above east).
+    """
+    values = list(bbox)
+    if len(values) != 4 or not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+        raise ValueError(f"bbox {values} is not four finite numbers [west, south, east, north]")
+    w, s, e, n = (float(v) for v in values)
+    if not (-180 <= w <= 180 and -180 <= e <= 180 and -90 <= s <= 90 and -90 <= n <= 90):
+        raise ValueError(
+            f"bbox {values} is out of range: [west, south, east, north] in degrees, longitudes "
+            "within [-180, 180] and latitudes within [-90, 90]"
+        )
+    if s > n or w > e:
+        raise ValueError(
+            f"bbox {values} is inverted ({'south > north' if s > n else 'west > east'}); write it "
+            "as [west, south, east, north] (an area across the antimeridian: search each side)"
+        )
+    return [w, s, e, n]
+
+
+def _check_intersects(geometry: dict[str, Any]) -> shapely.Geometry:
+    try:
+        shape = shapely.geometry.shape(geometry)
+    except Exception as err:  # shapely raises several types for bad GeoJSON
+        raise ValueError(f"intersects {geometry!r} is not a GeoJSON geometry: {err}") from None
+    if shape.is_empty or not shape.is_valid:
+        raise ValueError(f"intersects {geometry!r} is an empty or invalid geometry")
+    return shape
+
+
+@dataclass(frozen=True)
+class StacQuery:
+    """One search: where, what, and how the API is asked (see :func:`search_items`)."""
+
+    catalog: str
+    collections: tuple[str, ...]
+    bbox: tuple[float, ...] | None = None
+    intersects: dict[str, Any] | None = None
+    datetime: str | None = None
+    max_cloud_cover: float | None = None
+    max_items: int | None = None
+
+    def __str__(self) -> str:
+        area = f"bbox={list(self.bbox)}" if self.bbox is not None else "bbox=None"
+        if self.intersects is not None:
+            area = f"intersects={self.intersects.get('type')} geometry"
+        return (
+            f"catalog={self.catalog!r} collections={list(self.collections)} {area} "
+            f"datetime={self.datetime!r} max_cloud_cover={self.max_cloud_cover} "
+            f"max_items={self.max_items}"
+        )
+
+
 # ------------------------------------------------------------------------------------------- search
-
-
-def _query_text(
-    catalog: str | Path,
-    collections: Sequence[str],
-    bbox: Sequence[float] | None,
-    datetime: str | None,
-    max_cloud_cover: float | None,
-    max_items: int | None,
-) -> str:
-    return (
-        f"catalog={str(catalog)!r} collections={list(collections)} "
-        f"bbox={list(bbox) if bbox is not None else None} datetime={datetime!r} "
-        f"max_cloud_cover={max_cloud_cover} max_items={max_items}"
-    )
 
 
 def search_items(
@@ -171,59 +200,72 @@ def search_items(
     catalog: str | Path,
     collections: Sequence[str],
     bbox: Sequence[float] | None = None,
+    intersects: dict[str, Any] | None = None,
     datetime: str | None = None,
     max_cloud_cover: float | None = None,
     max_items: int | None = None,
     page_size: int = 100,
+    retries: int = 5,
+    backoff: float = 0.5,
+    timeout: float = 60.0,
 ) -> list[pystac.Item]:
     """Search a STAC API or a local static catalog.
 
+    Every argument is checked before the first request.
+
     Args:
         catalog: an http(s) STAC API URL, or the path of a local ``catalog.json`` (or its folder).
-        collections: collection ids to search.
+        collections: collection ids to search; each must exist.
         bbox: ``[west, south, east, north]`` in degrees; items whose geometry intersects it.
+        intersects: a GeoJSON geometry (lon/lat); items whose geometry intersects it. Not with
+            ``bbox``.
         datetime: a single time, date or interval (``"2021-06-01/2021-09-30"``, ``"../2022"``).
         max_cloud_cover: keep items with ``eo:cloud_cover <= max_cloud_cover`` (percent); items
             without ``eo:cloud_cover`` are dropped when it is set.
         max_items: keep the first ``max_items`` items in ``(datetime, id)`` order.
         page_size: items per page requested from an API (its ``limit``).
+        retries: retries of a failed API request (5xx, 429, timeout, refused connection).
+        backoff: the urllib3 backoff factor between retries, seconds.
+        timeout: seconds to wait for an API response (connect and read).
 
     Returns:
         The matching items sorted by ``(datetime, id)``, with absolute asset hrefs.
 
     Raises:
         DataError: if nothing matches (the message repeats the query), if a collection does not
-            exist in a local catalog, or if an API cannot apply the cloud-cover filter.
+            exist, if an API cannot apply the cloud-cover filter, or if it fails or does not
+            answer after the retries.
         FileNotFoundError: if a local catalog does not exist.
-        ValueError: if ``datetime`` cannot be parsed.
+        ValueError: if an argument is malformed (bbox, intersects, datetime, collections).
     """
     if not collections:
         raise ValueError("collections is empty; name at least one collection, e.g. sentinel-2-l2a")
+    if bbox is not None and intersects is not None:
+        raise ValueError("give bbox or intersects, not both (stac_query.bbox / .intersects)")
+    if bbox is not None:
+        bbox = check_bbox(bbox)
+    area = _check_intersects(intersects) if intersects is not None else None
     if datetime is not None:
         parse_datetime_interval(datetime)  # fail early, identically for both back ends
+    query = StacQuery(
+        catalog=str(catalog),
+        collections=tuple(collections),
+        bbox=tuple(bbox) if bbox is not None else None,
+        intersects=intersects,
+        datetime=datetime,
+        max_cloud_cover=max_cloud_cover,
+        max_items=max_items,
+    )
     if is_url(catalog):
         items = _search_api(
-            str(catalog),
-            collections=collections,
-            bbox=bbox,
-            datetime=datetime,
-            max_cloud_cover=max_cloud_cover,
-            max_items=max_items,
-            page_size=page_size,
+            query, page_size=page_size, retries=retries, backoff=backoff, timeout=timeout
         )
     else:
-        items = _search_static(
-            Path(catalog),
-            collections=collections,
-            bbox=bbox,
-            datetime=datetime,
-            max_cloud_cover=max_cloud_cover,
-        )
+        items = _search_static(Path(catalog), query, area)
     items = sorted(items, key=_sort_key)
     if max_items is not None:
         items = items[:max_items]
     if not items:
-        query = _query_text(catalog, collections, bbox, datetime, max_cloud_cover, max_items)
         raise DataError(
             f"the STAC search found no items for {query}; widen bbox or datetime, raise "
             "max_cloud_cover, or check the collection ids (stac_query in params.yaml)"
@@ -232,69 +274,27 @@ def search_items(
     return items
 
 
-def _api_search_args(
-    client: Client,
-    *,
-    collections: Sequence[str],
-    bbox: Sequence[float] | None,
-    datetime: str | None,
-    max_cloud_cover: float | None,
-    max_items: int | None,
-    page_size: int,
-) -> dict[str, Any]:
-    """Keyword arguments of ``Client.search`` for this query, chosen by the API's conformance."""
-    url = client.get_self_href()
-    if not client.conforms_to(ConformanceClasses.ITEM_SEARCH):
-        raise DataError(f"{url} does not conform to STAC API item-search; is it a STAC API root?")
-    kw: dict[str, Any] = {
-        "collections": list(collections),
-        "bbox": list(bbox) if bbox is not None else None,
-        "datetime": datetime,
-        "limit": page_size,
-    }
-    if max_cloud_cover is not None:
-        # A server without the extension silently ignores it: check conformance, prefer CQL2.
-        if client.conforms_to(ConformanceClasses.FILTER):
-            kw["filter"] = {"op": "<=", "args": [{"property": "eo:cloud_cover"}, max_cloud_cover]}
-            kw["filter_lang"] = "cql2-json"
-        elif client.conforms_to(ConformanceClasses.QUERY):
-            kw["query"] = {"eo:cloud_cover": {"lte": max_cloud_cover}}
-        else:
-            raise DataError(
-                f"{url} conforms to neither the filter nor the query extension, so "
-                f"max_cloud_cover={max_cloud_cover} cannot be applied; set "
-                "stac_query.max_cloud_cover: null or use another STAC API"
-            )
-    if max_items is not None and client.conforms_to(ConformanceClasses.SORT):
-        kw["sortby"] = [{"field": "properties.datetime", "direction": "asc"}]
-    return kw
-
-
-def _search_api(
-    url: str,
-    *,
-    collections: Sequence[str],
-    bbox: Sequence[float] | None,
-    datetime: str | None,
-    max_cloud_cover: float | None,
-    max_items: int | None,
-    page_size: int,
-) -> list[pystac.Item]:
-    client = Client.open(url, stac_io=StacApiIO(max_retries=_retry(), timeout=60))
-    kw = _api_search_args(
-        client,
-        collections=collections,
-        bbox=bbox,
-        datetime=datetime,
-        max_cloud_cover=max_cloud_cover,
-        max_items=max_items,
+def _search_api(query: StacQuery, *, page_size: int, **http: Any) -> list[pystac.Item]:
+    by_time, found = search_api(
+        query.catalog,
+        collections=query.collections,
+        bbox=query.bbox,
+        intersects=query.intersects,
+        datetime=query.datetime,
+        max_cloud_cover=query.max_cloud_cover,
+        max_items=query.max_items,
         page_size=page_size,
+        **http,
     )
-    if max_items is not None and "sortby" not in kw:
-        log.warning("%s cannot sort: fetching all matches to keep the first %d", url, max_items)
+    cutoff = query.max_items if by_time else None
+    if query.max_items is not None and cutoff is None:
+        log.warning(
+            "%s cannot sort: fetching all matches to keep the first %d",
+            query.catalog,
+            query.max_items,
+        )
     items: list[pystac.Item] = []
-    cutoff = max_items if "sortby" in kw else None
-    for item in client.search(**kw).items():
+    for item in found:
         # Sorted by time: stop after max_items, once past the last one's time (ties are kept so
         # that the (datetime, id) order decides, as for a static catalog).
         if (
@@ -305,6 +305,9 @@ def _search_api(
             break
         items.append(item)
     return items
+
+
+# -------------------------------------------------------------------------------- static catalog
 
 
 def _collections_of(root: pystac.STACObject) -> dict[str, pystac.Collection]:
@@ -347,33 +350,29 @@ def collection_bbox(catalog: str | Path, collection: str) -> list[float]:
 
 
 def _search_static(
-    path: Path,
-    *,
-    collections: Sequence[str],
-    bbox: Sequence[float] | None,
-    datetime: str | None,
-    max_cloud_cover: float | None,
+    path: Path, query: StacQuery, area: shapely.Geometry | None
 ) -> list[pystac.Item]:
     path, root = _open_static(path)
     available = _collections_of(root)
-    missing = [c for c in collections if c not in available]
+    missing = [c for c in query.collections if c not in available]
     if missing:
         raise DataError(
             f"collection(s) {missing} not in {path}; it has {sorted(available)}: "
             "fix stac_query.collections"
         )
-    area = shapely.box(*bbox) if bbox is not None else None
-    start, end = parse_datetime_interval(datetime) if datetime is not None else (None, None)
+    if query.bbox is not None:
+        area = shapely.box(*query.bbox)
+    dt_range = parse_datetime_interval(query.datetime) if query.datetime else (None, None)
     items: list[pystac.Item] = []
-    for cid in collections:
+    for cid in query.collections:
         for item in available[cid].get_items(recursive=True):
             if area is not None and not _intersects(item, area):
                 continue
-            if (start or end) and not _in_interval(item, start, end):
+            if dt_range != (None, None) and not _in_interval(item, *dt_range):
                 continue
-            if max_cloud_cover is not None:
+            if query.max_cloud_cover is not None:
                 cc = item.properties.get("eo:cloud_cover")
-                if cc is None or not cc <= max_cloud_cover:
+                if cc is None or not cc <= query.max_cloud_cover:
                     continue
             items.append(_detach(item))
     return items
@@ -407,99 +406,3 @@ def _detach(item: pystac.Item) -> pystac.Item:
     out.links = [ln for ln in out.links if ln.rel not in ("root", "parent", "collection", "self")]
     out.collection_id = item.collection_id
     return out
-
-
-# --------------------------------------------------------------------------------------------- lock
-
-
-def _local_path(href: str) -> Path | None:
-    parsed = urlparse(href)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
-    if parsed.scheme == "" or len(parsed.scheme) == 1:  # a plain path (or a Windows drive letter)
-        return Path(href)
-    return None
-
-
-def _head(session: requests.Session, href: str) -> dict[str, Any]:
-    try:
-        r = session.head(href, allow_redirects=True, timeout=30)
-    except requests.RequestException as err:
-        log.warning("HEAD %s failed (%s): size and ETag not recorded", href, err)
-        return {"size": None, "etag": None}
-    if not r.ok:
-        log.warning("HEAD %s returned %d: size and ETag not recorded", href, r.status_code)
-        return {"size": None, "etag": None}
-    length = r.headers.get("Content-Length")
-    return {
-        "size": int(length) if length and length.isdigit() else None,
-        "etag": r.headers.get("ETag"),
-    }
-
-
-def _asset_record(href: str, item_id: str, key: str, session: requests.Session) -> dict[str, Any]:
-    path = _local_path(href)
-    if path is not None:
-        if not path.is_file():
-            raise DataError(
-                f"asset {key!r} of item {item_id!r} points to {href!r}, which does not exist; "
-                "regenerate or repair the catalog"
-            )
-        return {"href": href, "size": path.stat().st_size, "sha256": sha256_file(path)}
-    if urlparse(href).scheme in ("http", "https"):
-        return {"href": href, **_head(session, href), "sha256": None}
-    return {"href": href, "size": None, "sha256": None}  # s3://, gs://, ...: not checked
-
-
-def write_lock(
-    items: Sequence[pystac.Item],
-    query: dict[str, Any],
-    path: str | Path,
-    *,
-    catalog: str | None = None,
-    max_workers: int = 8,
-) -> dict[str, Any]:
-    """Write the lock file of a search: what was asked and exactly what was found.
-
-    Args:
-        items: the search result (absolute asset hrefs), in the order to record.
-        query: the search parameters, recorded as given.
-        path: the JSON file to write (atomically: a temporary name, then renamed).
-        catalog: where the items came from (API URL or catalog path); default ``query["catalog"]``.
-        max_workers: parallel checksum / HEAD requests.
-
-    Returns:
-        The lock as written: ``{"query", "catalog", "items": [{"id", "collection", "datetime",
-        "processing_baseline", "assets": {key: {"href", "size", "sha256"[, "etag"]}}}]}``. Sizes and
-        checksums the source cannot give are ``None``.
-
-    Raises:
-        DataError: if a local asset file does not exist.
-    """
-    session = requests.Session()
-    adapter = HTTPAdapter(max_retries=_retry(3))
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    jobs = [(item.id, key, asset.href) for item in items for key, asset in item.assets.items()]
-    with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        records = list(pool.map(lambda j: _asset_record(j[2], j[0], j[1], session), jobs))
-    by_item: dict[str, dict[str, Any]] = {}
-    for (item_id, key, _), rec in zip(jobs, records, strict=True):
-        by_item.setdefault(item_id, {})[key] = rec
-    lock = {
-        "query": query,
-        "catalog": catalog if catalog is not None else query.get("catalog"),
-        "items": [
-            {
-                "id": item.id,
-                "collection": item.collection_id,
-                "datetime": datetime_to_str(item_datetime(item)),
-                "processing_baseline": item.properties.get("s2:processing_baseline"),
-                "assets": by_item.get(item.id, {}),
-            }
-            for item in items
-        ],
-    }
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(lock, indent=2) + "\n")
-    return lock

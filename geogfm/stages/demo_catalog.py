@@ -3,14 +3,19 @@
 The catalog is shaped like Earth Search v1's ``sentinel-2-l2a`` so the rest of the DAG cannot tell
 it from the real thing. A root catalog holds two collections:
 
-- ``sentinel-2-l2a``: one item per date, twelve reflectance COGs at their native 10/20/60 m and an
-  ``scl`` COG, with ``eo:bands``, ``raster:bands`` (scale, offset, nodata), ``proj:*``,
-  ``eo:cloud_cover`` measured on the scene and the processing baseline (with its +1000 DN offset
-  from 04.00 on);
-- ``landcover``: one ESA WorldCover-like item for the tile, asset ``map``.
+- ``sentinel-2-l2a``: per date, one item per tile, twelve reflectance COGs at their native
+  10/20/60 m and an ``scl`` COG, with ``eo:bands``, ``raster:bands`` (scale, offset, nodata),
+  ``proj:*``, ``eo:cloud_cover`` measured on the scene and the processing baseline (with its +1000
+  DN offset from 04.00 on);
+- ``landcover``: one ESA WorldCover-like item per tile, asset ``map``, on the tile's grid.
 
-The pixels come from :class:`geogfm.data.demo_landscape.DemoLandscape`; this module places the
-tile on a UTM grid and writes the files and the metadata, byte-identical for the same params.
+There are two tiles, as there are where an area of interest meets a UTM zone boundary: one in the
+zone of ``demo_catalog.lon``, and one in the neighbouring zone that overlaps it by half, each on
+its own zone's grid (``proj:code``) and seen by the same datatake on every date (same time,
+platform, clouds and swath edge). By default they straddle the 32 | 33 boundary at 12 E. The pixels
+come from one :class:`geogfm.data.demo_landscape.DemoLandscape` laid out on the first tile's grid;
+this module places the tiles, and writes the files and the metadata, byte-identical for the same
+params.
 
 Layout (relative hrefs, so the directory can move)::
 
@@ -20,11 +25,12 @@ Layout (relative hrefs, so the directory can move)::
     <out>/landcover/collection.json
     <out>/landcover/landcover_<tile>_2021/landcover_<tile>_2021.json, map.tif
 
-with item ids like ``S2B_33TWL_20210814_0_L2A``.
+with item ids like ``S2B_33TTL_20210814_0_L2A`` and ``S2B_32TQR_20210814_0_L2A``.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import datetime as dt
 import logging
 import math
@@ -58,7 +64,13 @@ from geogfm.data.datasets.sentinel2 import (
     SCL_CLASSES,
     baseline_offset,
 )
-from geogfm.data.demo_landscape import LANDCOVER_CLASSES, LANDCOVER_COLORS, DemoLandscape
+from geogfm.data.demo_landscape import (
+    LANDCOVER_CLASSES,
+    LANDCOVER_COLORS,
+    DemoLandscape,
+    DemoScene,
+    TileView,
+)
 
 __all__ = ["LANDCOVER_COLLECTION", "S2_COLLECTION", "processing_baseline", "run"]
 
@@ -78,6 +90,7 @@ _BASELINES = (
     (dt.date(2022, 12, 6), "05.09"),
 )
 _FULL_ORBIT, _PARTIAL_ORBIT = 122, 79  # relative orbits: one sees the whole tile, one a part
+_WORKERS = 2  # dates simulated at once
 
 
 def processing_baseline(day: dt.date) -> str:
@@ -117,18 +130,24 @@ class _Grid:
         return [[round(lon, 7), round(lat, 7)] for lon, lat in zip(lons, lats, strict=True)]
 
 
-def _grid(*, lon: float, lat: float, size: int) -> _Grid:
-    """Place a ``size``-pixel tile over ``(lon, lat)`` in its UTM zone.
-
-    The corners snap to multiples of the largest ``2**k * 10`` m (at most 5120 m) that fits in the
-    tile, so tile_cache's cells (corners on multiples of ``cell_size * resolution``) of up to that
-    size cover the tile exactly, and the point stays inside the tile.
-    """
+def _utm_epsg(lon: float, lat: float) -> int:
     zone = min(int((lon + 180.0) // 6) + 1, 60)
-    epsg = (32600 if lat >= 0 else 32700) + zone
+    return (32600 if lat >= 0 else 32700) + zone
+
+
+def _grid(*, lon: float, lat: float, size: int, epsg: int | None = None, snap: float = 0) -> _Grid:
+    """Place a ``size``-pixel tile centred near ``(lon, lat)`` in a UTM zone (default: its own).
+
+    The corners snap to multiples of ``snap`` metres; by default the largest ``2**k * 10`` m (at
+    most 2560 m) that fits twice in the tile, so tile_cache's cells (corners on multiples of
+    ``cell_size * resolution``) of up to that size cover the tile exactly, and the point stays
+    well inside the tile.
+    """
+    epsg = epsg or _utm_epsg(lon, lat)
+    zone = epsg % 100
     (cx,), (cy,) = warp_transform("EPSG:4326", f"EPSG:{epsg}", [lon], [lat])
     half = size * 10 / 2
-    snap = 10.0 * 2 ** min(math.floor(math.log2(size)), 9)
+    snap = snap or 10.0 * 2 ** min(math.floor(math.log2(size)) - 1, 8)
     x0 = round((cx - half) / snap) * snap
     y0 = round((cy + half) / snap) * snap
     # MGRS 100 km square of the centre (the AA lettering Sentinel-2 tiles use)
@@ -136,6 +155,66 @@ def _grid(*, lon: float, lat: float, size: int) -> _Grid:
     column = ("ABCDEFGH", "JKLMNPQR", "STUVWXYZ")[(zone - 1) % 3][int(cx // 100_000) - 1]
     row = "ABCDEFGHJKLMNPQRSTUV"[(int(cy // 100_000) + (0 if zone % 2 else 5)) % 20]
     return _Grid(epsg=epsg, x0=x0, y0=y0, size=size, mgrs=f"{zone:02d}{band}{column}{row}")
+
+
+def _grids(*, lon: float, lat: float, size: int) -> list[_Grid]:
+    """The demo's two tiles, each on its own UTM zone's grid.
+
+    The first is centred on ``(lon, lat)`` in its UTM zone. The second lies in the neighbouring
+    zone on the side nearer to ``lon`` (west in the western half of the zone) and overlaps the first
+    by half its width, as Sentinel-2 tiles overlap across a zone boundary; its corners snap to
+    60 m, like the real tiling grid's.
+    """
+    home = _grid(lon=lon, lat=lat, size=size)
+    zone = home.epsg % 100
+    step = -1 if lon < -177.0 + 6 * (zone - 1) else 1  # central meridian of the zone
+    other = home.epsg - zone + (zone - 1 + step) % 60 + 1
+    cx, cy = home.x0 + (1 + step) * size * 5.0, home.y0 - size * 5.0  # half a tile over
+    (lon2,), (lat2,) = warp_transform(home.crs, "EPSG:4326", [cx], [cy])
+    return [home, _grid(lon=lon2, lat=lat2, size=size, epsg=other, snap=60.0)]
+
+
+def _landscape(grids: list[_Grid]) -> tuple[Affine, tuple[int, int], list[TileView]]:
+    """The landscape's 10 m grid on the first tile's grid, covering every tile, and their views.
+
+    Returns:
+        The landscape's transform and ``(height, width)``, and each tile's :class:`TileView`.
+    """
+    home = grids[0]
+    corners = []  # of each tile's sampled square, in pixels of the first tile's grid
+    for g in grids:
+        side = -(-g.size // 6) * 6 * 10.0
+        xs = [g.x0, g.x0 + side, g.x0, g.x0 + side]
+        ys = [g.y0, g.y0, g.y0 - side, g.y0 - side]
+        xs, ys = warp_transform(g.crs, home.crs, xs, ys)
+        corners += [
+            ((x - home.x0) / 10.0, (home.y0 - y) / 10.0) for x, y in zip(xs, ys, strict=True)
+        ]
+    c0 = math.floor(min(c for c, _ in corners)) - 1
+    r0 = math.floor(min(r for _, r in corners)) - 1
+    c1 = math.ceil(max(c for c, _ in corners)) + 1
+    r1 = math.ceil(max(r for _, r in corners)) + 1
+    transform = Affine(10.0, 0.0, home.x0 + 10.0 * c0, 0.0, -10.0, home.y0 - 10.0 * r0)
+
+    views = []
+    for g in grids:
+        if g.epsg == home.epsg:  # the same pixel lattice: a whole-pixel shift
+            shift = ((g.x0 - transform.c) / 10.0, (transform.f - g.y0) / 10.0)
+            views.append(TileView(g.size, Affine.translation(*(float(round(v)) for v in shift))))
+            continue
+        # tile pixel corners -> landscape pixels: affine through three points, checked on a fourth
+        n = float(g.size)
+        px = [(0.0, 0.0), (n, 0.0), (0.0, n), (n, n)]
+        xs, ys = warp_transform(
+            g.crs, home.crs, [g.x0 + 10 * c for c, _ in px], [g.y0 - 10 * r for _, r in px]
+        )
+        lc = [~transform * xy for xy in zip(xs, ys, strict=True)]
+        (a0, b0), (a1, b1), (a2, b2), (a3, b3) = lc
+        view = Affine((a1 - a0) / n, (a2 - a0) / n, a0, (b1 - b0) / n, (b2 - b0) / n, b0)
+        err = math.dist(view * px[3], (a3, b3))
+        assert err < 0.05, f"tile {g.mgrs} is not affine on the landscape grid: {err:.3f} px"
+        views.append(TileView(g.size, view))
+    return transform, (r1 - r0, c1 - c0), views
 
 
 # ---------------------------------------------------------------------------------------------- COG
@@ -159,6 +238,7 @@ def _write_cog(path: Path, data: np.ndarray, grid: _Grid, resolution: int, resam
         "nodata": NODATA,
         "compress": "DEFLATE",
         "predictor": 2,
+        "level": 1,  # DEFLATE level: fast to write, and readers cannot tell
         "blocksize": block,
         "overview_resampling": resampling,
         "bigtiff": "NO",
@@ -212,23 +292,17 @@ def _add_proj(obj: pystac.Item | pystac.Asset, grid: _Grid, resolution: int) -> 
     proj.transform = list(grid.transform(resolution))[:6]
 
 
+def _overpass(day: dt.date, lon: float) -> dt.datetime:
+    """Sentinel-2's overpass on ``day`` at longitude ``lon``: about 10:30 mean solar time."""
+    # central Europe is imaged at about 10:06 UTC (11:06 mean solar time at 15 E)
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+    return start + dt.timedelta(seconds=round((11.1 - lon / 15.0) * 3600))
+
+
 def _s2_item(
-    item_dir: Path,
-    *,
-    landscape: DemoLandscape,
-    grid: _Grid,
-    day: dt.date,
-    index: int,
-    lon: float,
-    cloud_cover: float,
+    item_dir: Path, *, scene: DemoScene, grid: _Grid, when: dt.datetime, partial: bool
 ) -> pystac.Item:
-    """Simulate the scene of ``day``, write its COGs into ``item_dir`` and describe it."""
-    # overpass: Sentinel-2 images central Europe at about 10:06 UTC (11:06 mean solar time at 15E)
-    when = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC) + dt.timedelta(
-        seconds=round((11.1 - lon / 15.0) * 3600)
-    )
-    partial = index % 3 == 1  # every third date comes from the orbit that clips the tile
-    scene = landscape.scene(when, cloud_cover=cloud_cover, partial=partial)
+    """Write a tile's scene of ``when`` as COGs into ``item_dir`` and describe it."""
     baseline = processing_baseline(when.date())
     offset = baseline_offset(baseline)
     platform = "sentinel-2a" if (when.date().toordinal() // 5) % 2 == 0 else "sentinel-2b"
@@ -339,7 +413,7 @@ def _landcover_classes() -> list[Classification]:
     ]
 
 
-def _landcover_item(item_dir: Path, *, landscape: DemoLandscape, grid: _Grid) -> pystac.Item:
+def _landcover_item(item_dir: Path, *, landcover: np.ndarray, grid: _Grid) -> pystac.Item:
     s = float(grid.size)
     geometry = _footprint(grid, ((0.0, 0.0), (s, 0.0), (s, s), (0.0, s)))
     item = pystac.Item(
@@ -357,7 +431,7 @@ def _landcover_item(item_dir: Path, *, landscape: DemoLandscape, grid: _Grid) ->
     _add_proj(item, grid, 10)
     GridExtension.ext(item, add_if_missing=True).apply(code=f"MGRS-{grid.mgrs}")
 
-    _write_cog(item_dir / "map.tif", landscape.landcover, grid, 10, "mode")
+    _write_cog(item_dir / "map.tif", landcover, grid, 10, "mode")
     asset = pystac.Asset(
         href="./map.tif",
         title="Land cover classes (ESA WorldCover legend)",
@@ -500,68 +574,84 @@ def run(cfg: GeoGFMConfig, *, out: Path) -> dict[str, Any]:
     """
     c = cfg.demo_catalog
     out = Path(out)
-    grid = _grid(lon=c.lon, lat=c.lat, size=c.size)
+    grids = _grids(lon=c.lon, lat=c.lat, size=c.size)
+    transform, shape, views = _landscape(grids)
     days = [dt.date.fromisoformat(d) for d in sorted(c.dates)]
     log.info(
-        "demo catalog: tile %s (%s, %d x %d px at 10 m), %d dates, seed %d",
-        grid.mgrs,
-        grid.crs,
+        "demo catalog: tiles %s (%d x %d px at 10 m), %d dates, seed %d",
+        ", ".join(f"{g.mgrs} ({g.crs})" for g in grids),
         c.size,
         c.size,
         len(days),
         c.seed,
     )
-    landscape = DemoLandscape(seed=c.seed, size=c.size, lon=c.lon, lat=c.lat)
+    landscape = DemoLandscape(seed=c.seed, size=shape, lon=c.lon, lat=c.lat)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    try:
-        s2_items = []
-        for i, day in enumerate(tqdm(days, desc="demo scenes", unit="scene", disable=None)):
-            # the item's id is known after the scene is simulated: write into a scratch folder
-            scratch = tmp / S2_COLLECTION / f"_scene{i}"
+
+    def scenes(i: int, day: dt.date) -> list[pystac.Item]:
+        """Render one date and write each tile's item (into its own folder)."""
+        when = _overpass(day, c.lon)
+        partial = i % 3 == 1  # every third date comes from the orbit that clips the area
+        sky = landscape.render(when, cloud_cover=c.cloud_cover)
+        items = []
+        for key, (grid, view) in enumerate(zip(grids, views, strict=True)):
+            scene = landscape.observe(sky, view, partial=partial, key=key)
+            if len(scene.footprint) < 3:
+                log.info("%s %s: beyond the swath edge, no product", grid.mgrs, day)
+                continue
+            # the item's id is known once the scene is described: write into a scratch folder
+            scratch = tmp / S2_COLLECTION / f"_scene{i}_{key}"
             scratch.mkdir(parents=True)
-            item = _s2_item(
-                scratch,
-                landscape=landscape,
-                grid=grid,
-                day=day,
-                index=i,
-                lon=c.lon,
-                cloud_cover=c.cloud_cover,
-            )
+            item = _s2_item(scratch, scene=scene, grid=grid, when=when, partial=partial)
             scratch.rename(scratch.parent / item.id)
-            s2_items.append(item)
+            items.append(item)
             log.info(
-                "%s: baseline %s, cloud cover %.1f %%, no data %.1f %%",
+                "%s: %s, baseline %s, cloud cover %.1f %%, no data %.1f %%",
                 item.id,
+                grid.crs,
                 item.properties["s2:processing_baseline"],
                 item.properties["eo:cloud_cover"],
                 item.properties["s2:nodata_pixel_percentage"],
             )
-        lc_dir = tmp / LANDCOVER_COLLECTION / f"landcover_{grid.mgrs}_2021"
-        lc_dir.mkdir(parents=True)
-        lc_item = _landcover_item(lc_dir, landscape=landscape, grid=grid)
+        return items
 
+    try:
+        # dates in parallel (numpy and GDAL release the GIL); each date's files and randomness
+        # are its own, so the output does not depend on the order they finish in
+        s2_items = []
+        with cf.ThreadPoolExecutor(_WORKERS) as pool:
+            done = pool.map(scenes, range(len(days)), days)
+            for items in tqdm(done, total=len(days), desc="demo scenes", unit="date", disable=None):
+                s2_items += items
+        lc_items = []
+        for grid, view in zip(grids, views, strict=True):
+            lc_dir = tmp / LANDCOVER_COLLECTION / f"landcover_{grid.mgrs}_2021"
+            lc_dir.mkdir(parents=True)
+            landcover = landscape.sample_landcover(view)
+            lc_items.append(_landcover_item(lc_dir, landcover=landcover, grid=grid))
+
+        tiles = " and ".join(g.mgrs for g in grids)
         catalog = pystac.Catalog(
             id="geogfm-demo",
             title="geogfm demo catalog",
             description=(
                 f"Offline demo catalog generated by geogfm (seed {c.seed}): Sentinel-2 L2A-like "
-                f"scenes of tile {grid.mgrs} and its land cover."
+                f"scenes of tiles {tiles} (two UTM zones) and their land cover."
             ),
         )
         for coll, items in (
             (_s2_collection(s2_items), s2_items),
-            (_landcover_collection([lc_item]), [lc_item]),
+            (_landcover_collection(lc_items), lc_items),
         ):
             coll.add_items(items)
             catalog.add_child(coll)
         # a file path: pystac would take the ".tmp-<pid>" suffix of the folder for a file extension
         catalog.normalize_hrefs(str(tmp.resolve() / "catalog.json"))
-        for item in [*s2_items, lc_item]:
+        for item in [*s2_items, *lc_items]:
             for key, asset in item.assets.items():
                 href = Path(asset.get_absolute_href() or "")
                 assert href.is_file(), f"asset {key} of {item.id} not at {href}"
@@ -576,8 +666,8 @@ def run(cfg: GeoGFMConfig, *, out: Path) -> dict[str, Any]:
 
     summary = {
         "out": str(out),
-        "tile": grid.mgrs,
-        "crs": grid.crs,
+        "tiles": [g.mgrs for g in grids],
+        "crs": [g.crs for g in grids],
         "size": c.size,
         "items": [it.id for it in s2_items],
         "cloud_cover": [it.properties["eo:cloud_cover"] for it in s2_items],

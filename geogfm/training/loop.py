@@ -6,7 +6,9 @@ of steps under a warmup + cosine schedule and reports to callbacks. Masks are dr
 uses its own generator, reseeded each epoch, so every epoch is scored on the same masks.
 
 Batches are dicts from :func:`geogfm.data.loaders.build_dataloader`:
-``{"image": (B, C, H, W) float32, "valid": (B, H, W) bool, ...}``.
+``{"image": (B, C, H, W) uint16 DN, "valid": (B, H, W) bool, "normalize": ..., ...}``; the batch's
+``normalize`` turns the DN into float32 z-scores once they are on the device (:func:`_to_device`).
+Batches of float32 images without ``normalize`` are used as they are.
 """
 
 from __future__ import annotations
@@ -49,8 +51,16 @@ def _autocast(device: torch.device, precision: str):
 
 
 def _to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    imgs = batch["image"].to(device, non_blocking=True)  # (B, C, H, W)
-    valid = batch["valid"].to(device, non_blocking=True)  # (B, H, W)
+    imgs = batch["image"].to(device, non_blocking=True)  # (B, [T,] C, H, W), uint16 DN
+    valid = batch["valid"].to(device, non_blocking=True)  # (B, [T,] H, W)
+    normalize = batch.get("normalize")
+    if normalize is not None:  # DN -> float32 z-scores, invalid pixels 0, on the device
+        imgs = normalize(imgs, valid)
+    if not imgs.is_floating_point():
+        raise TypeError(
+            f"the batch's image is {imgs.dtype} and the batch has no 'normalize'; build the "
+            "loader with geogfm.data.loaders.build_dataloader or give float32 normalised images"
+        )
     return imgs, valid
 
 

@@ -9,10 +9,11 @@ from _tile_cache_fixture import BANDS, SCALE, write_tile_cache
 from geogfm.core.config import DataConfig, config_from_dict
 from geogfm.core.errors import DataError
 from geogfm.data.datasets.stac_dataset import StacPatchDataset
-from geogfm.data.loaders import build_dataloader
+from geogfm.data.loaders import build_dataloader, collate_patches, seed_worker
 from geogfm.data.manifest import read_manifest, write_manifest
-from geogfm.data.transforms.normalization import Normalize, load_stats
+from geogfm.data.transforms.normalization import DeviceNormalize, Normalize, load_stats
 from geogfm.stages import channel_stats, patch_manifest
+from geogfm.training.loop import _to_device
 
 CHIP = 16
 
@@ -60,27 +61,53 @@ def test_batches_have_the_right_shapes(artifacts):
     assert len(val_dl) == -(-n_val // 4)
     batch = next(iter(train_dl))
     assert batch["image"].shape == (4, len(BANDS), CHIP, CHIP)
-    assert batch["image"].dtype == torch.float32
+    assert batch["image"].dtype == torch.uint16  # DN: normalised on the device
+    assert isinstance(batch["normalize"], DeviceNormalize)
     assert batch["valid"].shape == (4, CHIP, CHIP) and batch["valid"].dtype == torch.bool
+    assert batch["time"].shape == (4,) and batch["time"].dtype == torch.int64
     assert len(batch["patch_id"]) == 4 and isinstance(batch["patch_id"][0], str)
     assert batch["crs"] == ["EPSG:32633"] * 4
     assert len(batch["bounds"][0]) == 4
+    assert train_dl.pin_memory == torch.cuda.is_available()
 
 
 def test_normalised_train_pixels_have_mean_0_and_std_1(artifacts):
     # the manifest's windows do not overlap (stride = chip), so each train pixel is seen once
     train_dl, _ = build_dataloader(data_cfg(artifacts))
     samples = [train_dl.dataset[i] for i in range(len(train_dl.dataset))]
-    images = torch.stack([s["image"] for s in samples]).double()  # (N, C, H, W)
+    dn = torch.stack([s["image"] for s in samples])  # (N, C, H, W) uint16
     valid = torch.stack([s["valid"] for s in samples])  # (N, H, W)
+    images = train_dl.normalize(dn, valid).double()
     assert (images.permute(1, 0, 2, 3)[:, ~valid] == 0).all()
     pixels = images.permute(1, 0, 2, 3)[:, valid]  # (C, n)
-    torch.testing.assert_close(
-        pixels.mean(1), torch.zeros(len(BANDS), dtype=torch.float64), atol=1e-5, rtol=0
+    zeros, ones = torch.zeros(len(BANDS), dtype=torch.float64), torch.ones(len(BANDS)).double()
+    torch.testing.assert_close(pixels.mean(1), zeros, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pixels.std(1, correction=0), ones, atol=1e-5, rtol=0)
+
+
+def test_the_training_loop_normalises_batches_on_the_device(artifacts):
+    train_dl, _ = build_dataloader(data_cfg(artifacts))
+    batch = next(iter(train_dl))
+    imgs, valid = _to_device(batch, torch.device("cpu"))
+    assert imgs.dtype == torch.float32 and torch.equal(valid, batch["valid"])
+    torch.testing.assert_close(imgs, batch["normalize"](batch["image"], batch["valid"]))
+    with pytest.raises(TypeError, match="has no 'normalize'"):
+        _to_device({"image": batch["image"], "valid": batch["valid"]}, torch.device("cpu"))
+
+
+def test_device_normalize_equals_per_sample_normalize_of_reflectance(artifacts):
+    stats = load_stats(artifacts["stats"], ["red", "blue"])
+    dn = StacPatchDataset(
+        artifacts["manifest"], artifacts["cache"], split="train", bands=["red", "blue"], units="dn"
     )
-    torch.testing.assert_close(
-        pixels.std(1, correction=0), torch.ones(len(BANDS), dtype=torch.float64), atol=1e-5, rtol=0
+    refl = StacPatchDataset(
+        artifacts["manifest"], artifacts["cache"], split="train", bands=["red", "blue"]
     )
+    device = DeviceNormalize(stats, ["red", "blue"], scale=dn.scale, offset=dn.offset)
+    per_sample = Normalize(stats, ["red", "blue"])
+    for i in range(0, len(dn), 5):
+        got = device(dn[i]["image"][None], dn[i]["valid"][None])[0]
+        torch.testing.assert_close(got, per_sample(refl[i])["image"], rtol=1e-5, atol=1e-5)
 
 
 def test_samples_are_reflectance_from_the_cache_with_bands_by_name(artifacts):
@@ -88,7 +115,7 @@ def test_samples_are_reflectance_from_the_cache_with_bands_by_name(artifacts):
         artifacts["manifest"], artifacts["cache"], split="val", bands=["red", "blue"]
     )
     s = ds[len(ds) - 1]
-    xds = xr.open_zarr(artifacts["cache"] / f"{s['cell_id']}.zarr", consolidated=False)
+    xds = xr.open_zarr(artifacts["cache"] / f"{s['cell']}.zarr", consolidated=False)
     row = read_manifest(artifacts["manifest"]).set_index("patch_id").loc[s["patch_id"]]
     t, rows, cols = (
         s["time_index"],
@@ -189,3 +216,102 @@ def test_normalize_refuses_a_constant_band():
 def test_stats_file_round_trip(artifacts):
     stats = load_stats(artifacts["stats"], ["green"])
     assert stats == json.loads(artifacts["stats"].read_text())
+
+
+# ------------------------------------------------------------------- statistics of another cache
+
+
+def test_stats_of_another_cache_are_refused(artifacts, tmp_path):
+    other = write_tile_cache(tmp_path / "cache", seed=1)  # same cells, other pixels
+    with pytest.raises(DataError, match="fingerprint"):
+        build_dataloader(data_cfg(artifacts, cache_dir=str(other)))
+
+
+# ------------------------------------------------------------------------------ seeded workers
+
+
+class _Draws(torch.utils.data.Dataset):
+    """What a worker's numpy and torch generators give, and which worker it is."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        worker = torch.utils.data.get_worker_info()
+        return {"np": np.random.random(), "torch": torch.rand(()).item(), "worker": worker.id}
+
+
+def test_seed_worker_seeds_numpy_per_worker_from_the_loader_generator():
+    def draws(seed):
+        dl = torch.utils.data.DataLoader(
+            _Draws(),
+            batch_size=1,
+            num_workers=2,
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        return [(b["worker"].item(), b["np"].item()) for b in dl]
+
+    first = draws(0)
+    assert first == draws(0)  # reproducible
+    assert first != draws(1)
+    by_worker = {w: [v for ww, v in first if ww == w] for w in (0, 1)}
+    assert by_worker[0] != by_worker[1]  # forked workers do not share one numpy state
+
+
+# ---------------------------------------------------------------------------------- multi-date
+
+
+def test_multi_date_loaders(artifacts):
+    cfg = data_cfg(artifacts, num_frames=2, temporal_sampling="random", batch_size=2)
+    train_dl, val_dl = build_dataloader(cfg)
+    batch = next(iter(train_dl))
+    assert batch["image"].shape == (2, 2, len(BANDS), CHIP, CHIP)
+    assert batch["valid"].shape == (2, 2, CHIP, CHIP) and batch["time"].shape == (2, 2)
+    z = batch["normalize"](batch["image"], batch["valid"])  # (B, T, C, H, W)
+    assert (
+        z.shape == batch["image"].shape and (z[~batch["valid"][:, :, None].expand_as(z)] == 0).all()
+    )
+    # validation picks the same frames every time; training draws them
+    val_frames = [b["time"].tolist() for b in val_dl]
+    assert val_frames == [b["time"].tolist() for b in build_dataloader(cfg)[1]]
+    imgs, valid = _to_device(batch, torch.device("cpu"))  # normalised on the device, 5-D
+    torch.testing.assert_close(imgs, z)
+
+
+def test_multi_date_with_too_many_frames_is_refused(artifacts):
+    with pytest.raises(DataError, match="lower data.num_frames"):
+        build_dataloader(data_cfg(artifacts, num_frames=4))
+
+
+# ----------------------------------------------------------------------------- batched reads
+
+
+def test_batched_reads_are_the_samples_and_collate_without_a_copy(artifacts):
+    ds = StacPatchDataset(
+        artifacts["manifest"], artifacts["cache"], split="train", bands=["red", "green"], units="dn"
+    )
+    idx = [5, 0, 3, 3, 7]
+    samples = ds.__getitems__(idx)
+    batch = collate_patches(samples)
+    assert batch["image"].data_ptr() == samples[0]["image"].data_ptr()  # no stacked copy
+    for k, i in enumerate(idx):
+        one = ds[i]
+        torch.testing.assert_close(batch["image"][k], one["image"])
+        torch.testing.assert_close(batch["valid"][k], one["valid"])
+        assert batch["patch_id"][k] == one["patch_id"] and int(batch["time"][k]) == int(one["time"])
+    # separate tensors are stacked as usual
+    stacked = collate_patches([ds[i] for i in idx])
+    torch.testing.assert_close(stacked["image"], batch["image"])
+
+
+def test_worker_batches_equal_the_dataset_samples(artifacts):
+    _, val_dl = build_dataloader(data_cfg(artifacts, num_workers=2, batch_size=3))
+    ds = val_dl.dataset
+    i = 0
+    for batch in val_dl:
+        for k in range(len(batch["image"])):
+            torch.testing.assert_close(batch["image"][k], ds[i]["image"])
+            torch.testing.assert_close(batch["valid"][k], ds[i]["valid"])
+            i += 1
+    assert i == len(ds)

@@ -65,9 +65,12 @@ def test_patchify_errors() -> None:
 
 
 @pytest.mark.parametrize(
-    ("L_", "ratio", "kept"), [(196, 0.75, 49), (16, 0.75, 4), (15, 0.75, 3), (10, 0.9, 1)]
+    ("L_", "ratio", "kept"),
+    [(196, 0.75, 49), (16, 0.75, 4), (15, 0.75, 4), (13, 0.75, 3), (10, 0.75, 3), (10, 0.9, 1)],
 )
-def test_num_kept(L_: int, ratio: float, kept: int) -> None:
+def test_num_kept_rounds_to_nearest_halves_up(L_: int, ratio: float, kept: int) -> None:
+    # round(L * (1 - r)): 15 * 0.25 = 3.75 -> 4, 13 * 0.25 = 3.25 -> 3, 10 * 0.25 = 2.5 -> 3,
+    # 10 * (1 - 0.9) = 0.999... in floats -> 1
     assert num_kept(L_, ratio) == kept
 
 
@@ -75,7 +78,7 @@ def test_num_kept(L_: int, ratio: float, kept: int) -> None:
 def test_mask_ratio_exact(ratio: float) -> None:
     model = _model()
     B, L_ = 4, 50
-    ids_keep, mask, ids_restore = model.random_masking(B, L_, ratio)
+    ids_keep, mask, ids_restore = model.random_masking(torch.rand(B, L_), ratio)
     n_keep = num_kept(L_, ratio)
     assert ids_keep.shape == (B, n_keep)
     assert (mask.sum(1) == L_ - n_keep).all()  # 1 = removed
@@ -90,17 +93,25 @@ def test_encoder_sees_exactly_the_kept_tokens() -> None:
     seen = []
     model.encoder.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
     imgs, _ = _batch()
-    latent, mask, _ = model.forward_encoder(imgs, 0.75)
+    latent, mask, _ = model.forward_encoder(imgs, 0.75, model.masking_noise(3))
     assert seen == [torch.Size((3, 1 + num_kept(L, 0.75), 32))]
     assert latent.shape == (3, 1 + 4, 32)
     _, pred, mask = model(imgs, mask_ratio=0.5)
     assert pred.shape == (3, L, P * P * C) and (mask.sum(1) == L // 2).all()
+    # 16 * (1 - 0.6) = 6.4 -> the encoder sees round(6.4) = 6 patch tokens, 10 are removed
+    seen.clear()
+    _, _, mask = model(imgs, mask_ratio=0.6)
+    assert seen == [torch.Size((3, 1 + 6, 32))] and (mask.sum(1) == 10).all()
 
 
 def test_bad_mask_ratio() -> None:
     model = _model()
-    with pytest.raises(ValueError, match="mask_ratio=0.95 keeps 0 of 16 patches"):
-        model(_batch()[0], mask_ratio=0.95)
+    with pytest.raises(ValueError, match="mask_ratio=0.97 keeps 0 of 16 patches"):
+        model(_batch()[0], mask_ratio=0.97)
+    with pytest.raises(
+        ValueError, match=r"noise has shape \(3, 15\), expected \(B, L\) = \(3, 16\)"
+    ):
+        model(_batch()[0], noise=torch.rand(3, 15))
 
 
 def test_deterministic_with_generator() -> None:
@@ -114,6 +125,22 @@ def test_deterministic_with_generator() -> None:
     for x, y in zip(a, b, strict=True):
         assert torch.equal(x, y)
     assert not torch.equal(a[2], c[2])
+    # the noise the generator draws, passed in, gives the same result (the compiled-model path)
+    noise = model.masking_noise(3, torch.Generator().manual_seed(7))
+    for x, y in zip(a, model(imgs, valid, noise=noise), strict=True):
+        assert torch.equal(x, y)
+
+
+def test_deterministic_under_a_fixed_seed() -> None:
+    # the same seed builds the same weights, and with a seeded generator the same outputs
+    imgs, valid = _batch()
+    a, b = _model(), _model()
+    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert na == nb and torch.equal(pa, pb)
+    out_a = a(imgs, valid, generator=torch.Generator().manual_seed(3))
+    out_b = b(imgs, valid, generator=torch.Generator().manual_seed(3))
+    for x, y in zip(out_a, out_b, strict=True):
+        assert torch.equal(x, y)
 
 
 # --------------------------------------------------------------------------------- loss
@@ -172,15 +199,8 @@ def test_encoder_must_match_config() -> None:
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_preset_forward_backward(name: str) -> None:
-    cfg = PRESETS[name](
-        depth=1,
-        image_size=32,
-        patch_size=16,
-        in_chans=4,
-        decoder_embed_dim=32,
-        decoder_depth=1,
-        decoder_num_heads=2,
-    )
+    # full width, the preset's decoder width, one block each
+    cfg = PRESETS[name](depth=1, decoder_depth=1, image_size=32, patch_size=16, in_chans=4)
     torch.manual_seed(0)
     model = MaskedAutoencoder(cfg, GeoViTBackbone(cfg))
     imgs = torch.randn(2, 4, 32, 32)
@@ -221,3 +241,33 @@ def test_design_quick_start() -> None:
         loss, pred, mask = model(torch.randn(1, 10, 224, 224))
     assert pred.shape == (1, 196, 16 * 16 * 10) and mask.sum().item() == 196 - 49
     assert torch.isfinite(loss)
+
+
+# ------------------------------------------------------------------------------ dates
+
+
+@pytest.mark.parametrize("tt", [1, 3])
+def test_multi_date_mae(tt: int) -> None:
+    T = 3
+    model = _model(num_frames=T, tubelet_size=tt, norm_pix_loss=True)
+    N = T // tt * L
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randn(2, T, C, S, S, generator=g)  # 13 bands, 3 dates
+    valid = torch.rand(2, T, S, S, generator=g) > 0.2
+    # patchify / unpatchify round trip through the model
+    assert torch.equal(model.unpatchify(model.patchify(imgs)), imgs)
+    seen = []
+    model.encoder.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
+    loss, pred, mask = model(imgs, valid, generator=torch.Generator().manual_seed(0))
+    assert pred.shape == (2, N, tt * P * P * C) and mask.shape == (2, N)
+    assert seen == [torch.Size((2, 1 + num_kept(N, 0.75), 32))]
+    assert (mask.sum(1) == N - num_kept(N, 0.75)).all()
+    assert model.unpatchify(pred).shape == imgs.shape
+    # invalid pixels of any date never count
+    imgs2 = imgs.clone()
+    imgs2[~valid[:, :, None].expand_as(imgs)] = 1e3
+    torch.testing.assert_close(model.forward_loss(imgs2, pred, mask, valid), loss)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(ValueError, match=r"valid mask has shape \(2, 16, 16\), expected"):
+        model(imgs, valid[:, 0])

@@ -4,6 +4,7 @@ from torch import nn
 
 from geogfm.core.config import ModelConfig
 from geogfm.models.gfm_vit import PRESETS, GeoViTBackbone
+from geogfm.modules.embeddings.geo_encoding import band_wavelengths, date_features
 
 SIZES = {  # preset: (embed_dim, depth, num_heads)
     "gfm_vit_tiny": (192, 12, 3),
@@ -71,6 +72,9 @@ def test_mae_weight_init() -> None:
 def test_presets(name: str) -> None:
     cfg = PRESETS[name]()
     assert (cfg.embed_dim, cfg.depth, cfg.num_heads) == SIZES[name]
+    decoder = (cfg.decoder_embed_dim, cfg.decoder_depth, cfg.decoder_num_heads)
+    assert decoder == ModelConfig.SIZES[name.removeprefix("gfm_vit_")][3:]
+    assert ModelConfig(size=name.removeprefix("gfm_vit_")) == cfg  # params.yaml: model.size
     # forward / backward at toy depth and size, full width
     torch.manual_seed(0)
     enc = GeoViTBackbone(PRESETS[name](depth=1, image_size=32, patch_size=16, in_chans=3))
@@ -84,3 +88,79 @@ def test_presets(name: str) -> None:
 def test_preset_overrides_other_fields() -> None:
     cfg = PRESETS["gfm_vit_small"](in_chans=13, image_size=64, drop_path=0.1)
     assert (cfg.embed_dim, cfg.in_chans, cfg.image_size, cfg.drop_path) == (384, 13, 64, 0.1)
+    # a key given explicitly wins over the size table, and the config round-trips (checkpoints)
+    cfg = ModelConfig(size="base", depth=2, decoder_depth=1)
+    assert (cfg.embed_dim, cfg.depth, cfg.decoder_embed_dim, cfg.decoder_depth) == (768, 2, 512, 1)
+    assert ModelConfig.model_validate(cfg.model_dump()) == cfg
+
+
+# ------------------------------------------------------------------------- variants
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"patch_embed": "linear"},
+        {"pos_embed": "learned"},
+        {"pos_embed": "fourier"},
+        {"norm_position": "post", "layer_scale": 1e-4},
+        {"layer_scale": 0.1, "drop_path": 0.2},
+        {"fused_attn": False},
+    ],
+)
+def test_variants_forward_backward(variant: dict) -> None:
+    torch.manual_seed(0)
+    enc = GeoViTBackbone(_cfg(**variant))
+    feats = enc.forward_features(torch.randn(2, 13, 16, 16))
+    assert feats.shape == (2, 17, 32)
+    feats.square().mean().backward()
+    assert all(p.grad is not None for p in enc.parameters())
+    assert isinstance(enc.norm, nn.Identity) == (variant.get("norm_position") == "post")
+
+
+def test_multi_date_per_frame_tokens_and_tubelets() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 13, 16, 16)  # (B, T, C, H, W)
+    enc = GeoViTBackbone(_cfg(num_frames=4)).eval()
+    feats = enc.forward_features(x)
+    assert feats.shape == (2, 1 + 4 * 16, 32)
+    # the frame-index encoding tells the dates apart: swapping two dates changes the features
+    assert not torch.allclose(enc(x), enc(x[:, [1, 0, 2, 3]]))
+    tub = GeoViTBackbone(_cfg(num_frames=4, tubelet_size=2))
+    assert tub.forward_features(x).shape == (2, 1 + 2 * 16, 32)
+    with pytest.raises(ValueError, match=r"input has 3 date\(s\) .* num_frames=4"):
+        enc(x[:, :3])
+
+
+def test_temporal_and_location_encodings() -> None:
+    torch.manual_seed(0)
+    enc = GeoViTBackbone(_cfg(num_frames=2, temporal_encoding=True, location_encoding=True))
+    x = torch.randn(2, 2, 13, 16, 16)
+    dates = date_features([["2021-08-14", "2021-11-02"], ["2022-02-20", "2022-05-11"]])
+    latlon = torch.tensor([[46.0, 15.0], [-3.5, 120.0]])
+    out = enc(x, dates=dates, latlon=latlon)
+    assert out.shape == (2, 32)
+    assert not torch.allclose(out, enc(x, dates=dates.flip(1), latlon=latlon))
+    assert not torch.allclose(out, enc(x, dates=dates, latlon=latlon.flip(0)))
+    out.square().sum().backward()
+    assert enc.temporal_embed.scale.grad is not None and enc.location_embed.scale.grad is not None
+    with pytest.raises(ValueError, match="temporal_encoding and dates go together"):
+        enc(x, latlon=latlon)
+    with pytest.raises(ValueError, match=r"latlon has shape \(2, 3\), expected \(2, 2\)"):
+        enc(x, dates=dates, latlon=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="location_encoding and latlon go together"):
+        GeoViTBackbone(_cfg())(x[:, 0], latlon=latlon)
+
+
+def test_spectral_backbone_takes_another_band_set() -> None:
+    bands = ["blue", "green", "red", "nir"]
+    cfg = _cfg(in_chans=4, patch_embed="spectral", wavelengths=band_wavelengths(bands))
+    torch.manual_seed(0)
+    enc = GeoViTBackbone(cfg)
+    assert enc(torch.randn(2, 4, 16, 16)).shape == (2, 32)
+    wl = torch.tensor(band_wavelengths(["red", "nir", "swir16"]))
+    assert enc(torch.randn(2, 3, 16, 16), wavelengths=wl).shape == (2, 32)
+    with pytest.raises(ValueError, match="needs model.wavelengths, one per band"):
+        _cfg(in_chans=4, patch_embed="spectral")
+    with pytest.raises(ValueError, match="fixed band set; build it with model.patch_embed"):
+        GeoViTBackbone(_cfg())(torch.randn(1, 13, 16, 16), wavelengths=wl)

@@ -124,7 +124,7 @@ def _bbox(geom: dict) -> list[float]:
     return [min(xs), min(ys), max(xs), max(ys)]
 
 
-def _s2_item(scene: Scene, folder: Path) -> pystac.Item:
+def _s2_item(scene: Scene, folder: Path, esa_keys: bool = False) -> pystac.Item:
     folder.mkdir(parents=True, exist_ok=True)
     x0 = X0 + scene.shift_x
     offset = -0.1 if scene.baseline >= "04.00" else 0.0
@@ -170,20 +170,23 @@ def _s2_item(scene: Scene, folder: Path) -> pystac.Item:
         if wl is not None:
             eo["center_wavelength"] = wl
         rb = {"nodata": 0, "data_type": str(data.dtype), "spatial_resolution": res}
-        if key != "scl":
+        if key != "scl" and not esa_keys:
             rb |= {"scale": 0.0001, "offset": offset}
+        fields = {
+            "eo:bands": [eo],
+            "raster:bands": [rb],
+            "proj:shape": list(data.shape),
+            "proj:transform": [float(res), 0.0, x0, 0.0, -float(res), Y0],
+        }
+        if esa_keys:  # Planetary Computer: ESA band names, no scale (the baseline says it)
+            del fields["raster:bands"]
         asset = pystac.Asset(
             str(folder / f"{key}.tif"),
             media_type=pystac.MediaType.COG,
             roles=["data"] if key == "scl" else ["data", "reflectance"],
-            extra_fields={
-                "eo:bands": [eo],
-                "raster:bands": [rb],
-                "proj:shape": list(data.shape),
-                "proj:transform": [float(res), 0.0, x0, 0.0, -float(res), Y0],
-            },
+            extra_fields=fields,
         )
-        item.add_asset(key, asset)
+        item.add_asset(name if esa_keys else key, asset)
     return item
 
 
@@ -221,10 +224,14 @@ def _collection(cid: str, items: list[pystac.Item]) -> pystac.Collection:
     return coll
 
 
-def make_catalog(root: Path, scenes: tuple[Scene, ...] = SCENES) -> Path:
-    """Write the catalog under ``root`` and return the path of its ``catalog.json``."""
+def make_catalog(root: Path, scenes: tuple[Scene, ...] = SCENES, *, esa_keys: bool = False) -> Path:
+    """Write the catalog under ``root`` and return the path of its ``catalog.json``.
+
+    With ``esa_keys`` the assets are keyed and described as the Planetary Computer does: ESA band
+    names (``B02``, ``SCL``) and no ``raster:bands``.
+    """
     root = Path(root)
-    s2 = [_s2_item(s, root / "sentinel-2-l2a" / s.id) for s in scenes]
+    s2 = [_s2_item(s, root / "sentinel-2-l2a" / s.id, esa_keys) for s in scenes]
     lc = [_landcover_item(root / "landcover" / "ESA_WorldCover_33TUM")]
     cat = pystac.Catalog("test", "geogfm test catalog")
     cat.add_child(_collection("sentinel-2-l2a", s2))

@@ -14,6 +14,10 @@ import pystac
 import pytest
 import rasterio
 from pystac.validation import validate_dict
+from rasterio.enums import Resampling
+from rasterio.warp import reproject
+from rasterio.warp import transform as warp_transform
+from shapely.geometry import shape
 
 from geogfm.core.config import config_from_dict
 from geogfm.core.errors import ConfigError
@@ -25,6 +29,7 @@ SIZE = 128
 DATES = ["2021-08-14", "2022-02-20", "2022-07-30"]  # 03.01, 04.00 (partial swath), 04.00
 S2_KEYS = {b.key for b in BANDS} | {"scl"}
 CLOUDS = (8, 9, 10)
+HOME, OTHER = "33TTL", "32TQR"  # the tiles at the default centre, 12.04 E 46 N, size 128
 
 
 def _cfg(**demo):
@@ -39,16 +44,26 @@ def root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def items(root) -> list[pystac.Item]:
+def all_items(root) -> list[pystac.Item]:
     cat = pystac.Catalog.from_file(str(root / "catalog.json"))
-    return sorted(cat.get_child("sentinel-2-l2a").get_items(), key=lambda it: it.datetime)
+    return sorted(cat.get_child("sentinel-2-l2a").get_items(), key=lambda it: (it.datetime, it.id))
 
 
 @pytest.fixture(scope="module")
-def landcover(root) -> np.ndarray:
+def items(all_items) -> list[pystac.Item]:
+    """The home tile's items (the per-scene checks hold for either tile)."""
+    return [it for it in all_items if HOME in it.id]
+
+
+@pytest.fixture(scope="module")
+def landcover_items(root) -> dict[str, pystac.Item]:
     cat = pystac.Catalog.from_file(str(root / "catalog.json"))
-    (item,) = cat.get_child("landcover").get_items()
-    return _read(item, "map")
+    return {it.properties["grid:code"][5:]: it for it in cat.get_child("landcover").get_items()}
+
+
+@pytest.fixture(scope="module")
+def landcover(landcover_items) -> np.ndarray:
+    return _read(landcover_items[HOME], "map")
 
 
 def _read(item: pystac.Item, key: str) -> np.ndarray:
@@ -88,7 +103,9 @@ def test_catalog_layout_and_core_schemas(root, items):
     cat = pystac.Catalog.from_file(str(root / "catalog.json"))
     assert {c.id for c in cat.get_children()} == {"sentinel-2-l2a", "landcover"}
     assert [it.datetime.date().isoformat() for it in items] == DATES
-    for it in items:
+    all_items = list(cat.get_child("sentinel-2-l2a").get_items())
+    assert len(all_items) == 2 * len(DATES)
+    for it in all_items:
         assert re.fullmatch(r"S2[AB]_\d\d[C-X][A-Z]{2}_\d{8}_0_L2A", it.id), it.id
         assert set(it.assets) == S2_KEYS
     for path in root.rglob("*.json"):  # core STAC 1.1 schemas ship with pystac: offline
@@ -120,7 +137,8 @@ def test_item_metadata_is_earth_search_like(items):
         )
         assert p["proj:code"] == "EPSG:32633" and p["proj:shape"] == [SIZE, SIZE]
         w, s, e, n = it.bbox
-        assert w < 15.0 < e and s < 46.0 < n  # the default centre
+        if p["s2:nodata_pixel_percentage"] == 0:  # the whole tile
+            assert w < 12.04 < e and s < 46.0 < n  # the default centre
         ring = it.geometry["coordinates"][0]
         assert ring[0] == ring[-1]
         for key in S2_KEYS - {"scl"}:
@@ -138,10 +156,8 @@ def test_item_metadata_is_earth_search_like(items):
             assert rb["spatial_resolution"] == ref.resolution
 
 
-def test_every_asset_is_a_cog_on_its_declared_grid(root, items):
-    cat = pystac.Catalog.from_file(str(root / "catalog.json"))
-    (lc_item,) = cat.get_child("landcover").get_items()
-    for it in [*items, lc_item]:
+def test_every_asset_is_a_cog_on_its_declared_grid(all_items, landcover_items):
+    for it in [*all_items, *landcover_items.values()]:
         for key, asset in it.assets.items():
             d = asset.to_dict()
             (rb,) = d["raster:bands"]
@@ -156,7 +172,7 @@ def test_every_asset_is_a_cog_on_its_declared_grid(root, items):
                 assert src.res == (rb["spatial_resolution"],) * 2
                 assert list(src.shape) == shape
                 assert list(src.transform)[:6] == transform
-                assert src.crs.to_epsg() == 32633
+                assert f"EPSG:{src.crs.to_epsg()}" == it.properties["proj:code"]
                 # 10, 20 and 60 m grids share the top-left corner
                 assert (src.transform.c, src.transform.f) == (transform[2], transform[5])
 
@@ -247,15 +263,70 @@ def test_partial_swath_is_nodata_in_every_band_and_the_scl(items):
             assert nodata == pytest.approx(it.properties["s2:nodata_pixel_percentage"], abs=3.0)
 
 
-def test_landcover_layer(root, items, landcover):
+def test_landcover_layer(landcover, landcover_items, all_items):
     assert landcover.shape == (SIZE, SIZE) and landcover.dtype == np.uint8
     present = set(np.unique(landcover).tolist())
     assert present <= set(LANDCOVER_CLASSES) and len(present) >= 5
-    cat = pystac.Catalog.from_file(str(root / "catalog.json"))
-    (item,) = cat.get_child("landcover").get_items()
-    classes = item.assets["map"].extra_fields["classification:classes"]
-    assert [c["value"] for c in classes] == list(LANDCOVER_CLASSES)
-    assert item.properties["proj:transform"] == items[0].properties["proj:transform"]
+    assert set(landcover_items) == {HOME, OTHER}  # one label item per tile, on the tile's grid
+    for tile, item in landcover_items.items():
+        classes = item.assets["map"].extra_fields["classification:classes"]
+        assert [c["value"] for c in classes] == list(LANDCOVER_CLASSES)
+        scene = next(it for it in all_items if tile in it.id)
+        for key in ("proj:code", "proj:transform", "proj:shape"):
+            assert item.properties[key] == scene.properties[key]
+        assert (_read(item, "map") > 0).all()
+
+
+# -------------------------------------------------------------------------------- two UTM zones
+
+
+def test_two_tiles_in_two_utm_zones_cover_the_area_together(all_items):
+    by_tile: dict[str, list[pystac.Item]] = {}
+    for it in all_items:
+        by_tile.setdefault(it.id.split("_")[1], []).append(it)
+    assert set(by_tile) == {HOME, OTHER}
+    codes = {t: {it.properties["proj:code"] for it in its} for t, its in by_tile.items()}
+    assert codes == {HOME: {"EPSG:32633"}, OTHER: {"EPSG:32632"}}  # each in its own zone
+    for home, other in zip(by_tile[HOME], by_tile[OTHER], strict=True):
+        # one datatake: same time, same platform, and the two footprints overlap
+        assert home.datetime == other.datetime
+        assert home.properties["platform"] == other.properties["platform"]
+        overlap = shape(home.geometry).intersection(shape(other.geometry))
+        assert overlap.area > 0.2 * shape(home.geometry).area
+    assert len({it.datetime for it in all_items}) == len(DATES)
+
+
+def test_overlapping_tiles_show_the_same_ground(all_items):
+    """The second zone's tile, reprojected onto the first's grid, matches it where they overlap."""
+    day = "2022-07-30"
+    home, other = (
+        next(it for it in all_items if t in it.id and it.datetime.date().isoformat() == day)
+        for t in (HOME, OTHER)
+    )
+    with rasterio.open(home.assets["nir"].get_absolute_href()) as a:
+        ref = a.read(1).astype(float)
+        moved = np.zeros(a.shape, np.uint16)
+        with rasterio.open(other.assets["nir"].get_absolute_href()) as b:
+            reproject(
+                rasterio.band(b, 1), moved, src_nodata=0, dst_crs=a.crs,
+                dst_transform=a.transform, dst_nodata=0, resampling=Resampling.bilinear,
+            )  # fmt: skip
+    both = (ref > 0) & (moved > 0)
+    assert both.sum() > 0.2 * ref.size
+    assert np.corrcoef(ref[both], moved[both])[0, 1] > 0.95
+    assert np.median(np.abs(ref[both] - moved[both])) < 0.03 * np.median(ref[both])
+
+
+def test_default_area_straddles_the_zone_boundary():
+    from geogfm.stages.demo_catalog import _grids
+
+    home, other = _grids(lon=12.04, lat=46.0, size=512)  # the default
+    assert (home.epsg, other.epsg) == (32633, 32632)
+    (w,), _ = warp_transform(other.crs, "EPSG:4326", [other.x0], [other.y0 - 2560])
+    (e,), _ = warp_transform(home.crs, "EPSG:4326", [home.x0 + 5120], [home.y0 - 2560])
+    assert w < 12.0 < e
+    # the dominant zone of the area, where tile_cache puts its grid, is the first tile's
+    assert (w + e) / 2 > 12.0
 
 
 # ------------------------------------------------------------------------ determinism, atomicity
@@ -266,7 +337,8 @@ def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
     run(cfg, out=tmp_path / "a")
     run(cfg, out=tmp_path / "b")
     a, b = _hashes(tmp_path / "a"), _hashes(tmp_path / "b")
-    assert len(a) == 2 * 14 + 1 + 4 and a == b
+    # 2 dates x 2 tiles x (13 COGs + item), catalog, 2 collections, 2 tiles x (map + item)
+    assert len(a) == 2 * 2 * 14 + 1 + 2 + 2 * 2 and a == b
     run(_cfg(seed=8, size=64, dates=["2021-09-01", "2022-06-01"]), out=tmp_path / "c")
     c = _hashes(tmp_path / "c")
     tifs = [k for k in a if k.endswith(".tif")]

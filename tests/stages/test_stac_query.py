@@ -8,8 +8,10 @@ import pytest
 from pystac_client import Client
 
 from geogfm.core.config import config_from_dict
-from geogfm.core.errors import DataError
-from geogfm.data.stac import _api_search_args, parse_datetime_interval, search_items, write_lock
+from geogfm.core.errors import ConfigError, DataError
+from geogfm.data.stac import check_bbox, parse_datetime_interval, search_items
+from geogfm.data.stac_api import _accept_newer_conformance, _search_args
+from geogfm.data.stac_lock import write_lock
 from geogfm.stages import stac_query
 
 try:  # tests/ as a package or as rootdir-relative modules
@@ -73,6 +75,70 @@ def test_bbox_keeps_intersecting_items(catalog):
 def test_bbox_without_items_raises_with_the_query(catalog):
     with pytest.raises(DataError, match=r"no items .*bbox=\[10\.0, 40\.0, 10\.1, 40\.1\]"):
         _ids(catalog, bbox=[10.0, 40.0, 10.1, 40.1])
+
+
+def test_intersects_keeps_intersecting_items(catalog):
+    w, s, e, n = _lonlat_bbox(catalog, C)
+    x, y = (w + e) / 2, (s + n) / 2  # inside C only: 20 km east of A and B
+    assert _ids(catalog, intersects={"type": "Point", "coordinates": [x, y]}) == [C]
+    poly = {"type": "Polygon", "coordinates": [[[x, y], [x + 1, y], [x + 1, y + 1], [x, y]]]}
+    assert _ids(catalog, intersects=poly) == [C]
+
+
+@pytest.mark.parametrize(
+    ("bbox", "message"),
+    [
+        (
+            [15.0, 46.2, 15.1, 46.1],
+            r"bbox \[15.0, 46.2, 15.1, 46.1\] is inverted \(south > north\)",
+        ),
+        ([15.1, 46.0, 15.0, 46.1], r"is inverted \(west > east\).*antimeridian: search each side"),
+        ([15.0, 46.0, 15.1], r"bbox \[15.0, 46.0, 15.1\] is not four finite numbers"),
+        ([15.0, 46.0, 195.0, 46.1], r"out of range"),
+    ],
+)
+def test_bad_bbox_is_refused_before_any_request(bbox, message):
+    # port 9 (discard) on loopback: a request would fail differently; none is made
+    with pytest.raises(ValueError, match=message):
+        search_items(catalog="http://127.0.0.1:9", collections=["sentinel-2-l2a"], bbox=bbox)
+    with pytest.raises(ValueError, match=message):
+        check_bbox(bbox)
+
+
+def test_inverted_bbox_in_params_names_the_key():
+    with pytest.raises(
+        ConfigError, match=r"stac_query.bbox = \[15.0, 46.2, 15.1, 46.1\]: inverted"
+    ):
+        _cfg(bbox=[15.0, 46.2, 15.1, 46.1])
+    with pytest.raises(ConfigError, match="give bbox or intersects, not both"):
+        _cfg(bbox=[15.0, 46.0, 15.1, 46.1], intersects={"type": "Point", "coordinates": [15, 46]})
+    with pytest.raises(
+        ConfigError, match=r"stac_query.intersects: \{'west': 15\} is not a GeoJSON geometry"
+    ):
+        _cfg(intersects={"west": 15})
+
+
+def test_bad_intersects_is_refused(catalog):
+    with pytest.raises(ValueError, match="is not a GeoJSON geometry"):
+        _ids(catalog, intersects={"type": "Polygon", "coordinates": [[1, 2]]})
+    with pytest.raises(ValueError, match="bbox or intersects, not both"):
+        _ids(catalog, bbox=[0, 0, 1, 1], intersects={"type": "Point", "coordinates": [0, 0]})
+
+
+def test_reversed_dates_are_refused_before_work(catalog, tmp_path):
+    with pytest.raises(
+        ValueError,
+        match=r"'2022-12-31/2021-01-01' starts after it ends.*"
+        r"did you mean '2021-01-01/2022-12-31'",
+    ):
+        search_items(
+            catalog="http://127.0.0.1:9", collections=["x"], datetime="2022-12-31/2021-01-01"
+        )
+    out = tmp_path / "stac"
+    cfg = _cfg(catalog=str(catalog), datetime="2022-12-31/2021-01-01")
+    with pytest.raises(ValueError, match="starts after it ends"):
+        stac_query.run(cfg, catalog_dir=tmp_path, out=out)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -147,7 +213,12 @@ def _client(*conformance: str) -> Client:
             "conformsTo": [f"{_API}/core", *conformance],
             "links": [
                 {"rel": "self", "href": "http://127.0.0.1:9/"},
-                {"rel": "search", "href": "http://127.0.0.1:9/search", "method": "POST"},
+                {
+                    "rel": "search",
+                    "href": "http://127.0.0.1:9/search",
+                    "type": "application/geo+json",
+                    "method": "POST",
+                },
             ],
         }
     )
@@ -155,8 +226,8 @@ def _client(*conformance: str) -> Client:
 
 def _request(client: Client, **kw) -> dict:
     args = {"collections": ["sentinel-2-l2a"], "bbox": None, "datetime": None, "page_size": 50}
-    args |= {"max_cloud_cover": None, "max_items": None} | kw
-    return client.search(**_api_search_args(client, **args)).get_parameters()
+    args |= {"intersects": None, "max_cloud_cover": None, "max_items": None} | kw
+    return client.search(**_search_args(client, **args)).get_parameters()
 
 
 pytestmark_api = pytest.mark.filterwarnings("error::pystac_client.warnings.DoesNotConformTo")
@@ -199,6 +270,20 @@ def test_api_max_items_sorts_by_time_when_it_can():
     assert "sortby" not in _request(_client(f"{_API}/item-search"), max_items=3)
 
 
+@pytestmark_api
+def test_newer_stac_api_conformance_is_accepted():
+    # stac-fastapi 6+ (pgstac) declares sort as v1.1.0, which pystac-client 0.9 does not recognise
+    client = _client(f"{_API}/item-search", "https://api.stacspec.org/v1.1.0/item-search#sort")
+    assert "sortby" not in _request(client, max_items=3)
+    _accept_newer_conformance(client)
+    assert _request(client, max_items=3)["sortby"] == [
+        {"field": "properties.datetime", "direction": "asc"}
+    ]
+    other = _client(f"{_API}/item-search", "https://example.com/v1.1.0/item-search#sort")
+    _accept_newer_conformance(other)
+    assert "sortby" not in _request(other, max_items=3)
+
+
 # ------------------------------------------------------------------------------------------- stage
 
 
@@ -225,6 +310,7 @@ def test_stage_writes_item_collection_and_lock(catalog, tmp_path):
         "catalog": str(catalog),
         "collections": ["sentinel-2-l2a"],
         "bbox": None,
+        "intersects": None,
         "datetime": None,
         "max_cloud_cover": 50.0,
         "max_items": None,

@@ -1,5 +1,18 @@
+"""The tile_cache stage on a tiny catalog with known reflectance, and on the demo catalog.
+
+Real-data checks (BigEarthNet, eo-learn, ukis-pysat, real STAC items) are in
+``test_tile_cache_realdata.py``; the reader's fast paths against GDAL's warper in
+``tests/data/test_tile_reader.py``.
+"""
+
 import datetime as dt
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -8,12 +21,14 @@ import pytest
 import rasterio
 import xarray as xr
 from pyproj import Transformer
-from rasterio.windows import from_bounds
+from rasterio.enums import Resampling
+from rasterio.warp import reproject
 
 from geogfm.core.config import config_from_dict
-from geogfm.core.errors import DataError
+from geogfm.core.errors import ConfigError, DataError
+from geogfm.data.datasets.sentinel2 import band
 from geogfm.data.tile_cache import band_encoding, choose_epsg, item_epsg, to_cache_dn
-from geogfm.stages import stac_query, tile_cache
+from geogfm.stages import demo_catalog, stac_query, tile_cache
 
 try:  # tests/ as a package or as rootdir-relative modules
     from . import _s2_fixture as fx
@@ -45,6 +60,15 @@ def _build(root: Path, catalog_dir: Path, *, bbox=None, **tile_cache_kw) -> Path
     stac_query.run(cfg, catalog_dir=catalog_dir, out=root / "stac")
     tile_cache.run(cfg, items=root / "stac" / "items.json", out=root / "cache")
     return root / "cache"
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _leftovers(parent: Path) -> list[str]:
+    """Temporary or staging folders of the stage left in ``parent``."""
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +160,20 @@ def test_store_opens_with_xarray_per_contract(cache):
         "resolution": 10.0,
         "cell_id": "32633_0500160_5000000",
     }
+    # one chunk per time step holds every band of the whole cell: a window is one chunk read
     assert ds.reflectance.encoding["chunks"] == (1, len(BANDS), CELL, CELL)
+    assert ds.valid.encoding["chunks"] == ds.scl.encoding["chunks"] == (1, CELL, CELL)
+    codec = ds.reflectance.encoding["compressors"][0].to_dict()
+    assert (
+        codec["configuration"]["cname"] == "lz4" and codec["configuration"]["shuffle"] == "shuffle"
+    )
+    # band centre wavelengths and a CF grid mapping, so odc-geo / rioxarray find the CRS
+    assert ds.center_wavelength.dims == ("band",)
+    assert list(ds.center_wavelength.values) == [band(b).center_wavelength for b in BANDS]
+    assert ds.center_wavelength.attrs["units"] == "um"
+    assert ds.reflectance.attrs["grid_mapping"] == "spatial_ref"
+    assert rasterio.crs.CRS.from_wkt(ds.spatial_ref.attrs["crs_wkt"]).to_epsg() == 32633
+    assert ds.odc.crs.epsg == 32633 and ds.odc.geobox.resolution.x == 10.0
 
 
 # ---------------------------------------------------------------------------------------- numbers
@@ -201,14 +238,10 @@ def test_20m_band_is_resampled_bilinear_onto_the_10m_grid(cache):
     assert (np.diff(nir08[0, j]) == 20).all()  # a ramp at 10 m, not 20 m steps (nearest)
 
 
-def test_output_is_deterministic(tmp_path, catalog_dir, cache):
-    again = _build(tmp_path, catalog_dir)
-
-    def files(root):
-        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-    assert files(again) == files(cache)
-    assert not list(tmp_path.glob(".cache.*"))  # no temporary left behind
+def test_output_is_deterministic_whatever_the_workers(tmp_path, catalog_dir, cache):
+    again = _build(tmp_path, catalog_dir, workers=4)  # the fixture used the default, 2
+    assert _files(again) == _files(cache)
+    assert _leftovers(tmp_path) == []  # no temporary or staging folder left behind
 
 
 # ------------------------------------------------------------------------------------- behaviours
@@ -290,12 +323,14 @@ def test_grid_crs_reads_proj_code_and_proj_epsg():
         _item("a", **{"proj:code": "EPSG:32633"}),
         _item("b", **{"proj:epsg": 32633}),
         _item("c", **{"proj:epsg": 32632}),
+        _item("d", **{"proj:epsg": 32634}),
     ]
-    assert [item_epsg(i) for i in items] == [32633, 32633, 32632]
+    assert [item_epsg(i) for i in items] == [32633, 32633, 32632, 32634]
     assert choose_epsg(items) == 32633  # the dominant zone
-    assert choose_epsg(items[1:]) == 32632  # a tie: the lowest code
+    assert choose_epsg(items[1:]) == 32633  # a tie: the zone of the area's centre (15 E)
+    assert choose_epsg(items[2:]) == 32632  # a tie without it: the lowest code
     assert choose_epsg(items, "EPSG:32634") == 32634
-    assert choose_epsg([_item("d")]) == 32633  # no proj metadata: the UTM zone at 15 E
+    assert choose_epsg([_item("e")]) == 32633  # no proj metadata: the UTM zone at 15 E
     with pytest.raises(ValueError, match=r"tile_cache.crs='utm' is not"):
         choose_epsg(items, "utm")
 
@@ -311,46 +346,325 @@ def test_to_cache_dn_removes_the_offset_and_keeps_nodata():
 def test_band_encoding_falls_back_to_the_processing_baseline():
     item = _item("x", **{"s2:processing_baseline": "05.09"})
     item.add_asset("red", pystac.Asset("red.tif"))
-    assert band_encoding(item, "red") == (1e-4, -0.1, 0)
+    assert band_encoding(item, "red") == (1e-4, -0.1, None)  # nodata: the file's
     del item.properties["s2:processing_baseline"]
+    item.properties["s2:product_uri"] = "S2B_MSIL2A_20220615T101559_N0400_R065_T32UPC_2022.SAFE"
+    assert band_encoding(item, "red") == (1e-4, -0.1, None)  # the baseline in the product id
+    del item.properties["s2:product_uri"]
     with pytest.raises(DataError, match="no raster:bands scale and no s2:processing_baseline"):
         band_encoding(item, "red")
 
 
 # ------------------------------------------------------------------------- on the demo catalog
 
+DEMO_BANDS = ["blue", "green", "red", "nir", "swir16"]
+DEMO_DATES = ["2021-08-14", "2021-11-02", "2022-07-30"]  # 03.01, 03.01 (partial swath), 04.00
+MASK = (0, 1, 3, 8, 9, 10)
 
-def test_demo_catalog_cache_is_the_raw_dn_without_the_offset(tmp_path):
-    from geogfm.stages import demo_catalog
 
-    bands = ["blue", "green", "red", "nir", "swir16"]
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    """The demo catalog (two tiles, UTM zones 33 and 32) and its cache on 64 px cells."""
+    root = tmp_path_factory.mktemp("demo")
     cfg = config_from_dict(
         {
-            "demo_catalog": {"size": 128, "dates": ["2021-08-14", "2022-05-11", "2022-07-30"]},
-            "tile_cache": {"bands": bands, "cell_size": 64},
-            "data": {"bands": bands},
+            "demo_catalog": {"size": 128, "dates": DEMO_DATES},
+            "tile_cache": {"bands": DEMO_BANDS, "cell_size": 64},
+            "data": {"bands": DEMO_BANDS},
         }
     )
+    demo_catalog.run(cfg, out=root / "demo")
+    stac_query.run(cfg, catalog_dir=root / "demo", out=root / "stac")
+    tile_cache.run(cfg, items=root / "stac" / "items.json", out=root / "cache")
+    return root
+
+
+def _warp(href: str, cell: dict, kernel: Resampling) -> np.ndarray:
+    """GDAL's warp of a file onto a cell's grid (what the cache should hold, before re-encoding)."""
+    minx, _, _, maxy = cell["bounds"]
+    out = np.zeros(cell["shape"], np.uint16)
+    with rasterio.open(href) as src:
+        reproject(
+            rasterio.band(src, 1), out, src_nodata=0, dst_crs=cell["crs"], dst_nodata=0,
+            dst_transform=rasterio.Affine(10, 0, minx, 0, -10, maxy), resampling=kernel,
+        )  # fmt: skip
+    return out
+
+
+def test_demo_same_day_tiles_of_two_zones_make_one_time_step(demo):
+    items = pystac.ItemCollection.from_file(str(demo / "stac" / "items.json"))
+    assert {item_epsg(i) for i in items} == {32632, 32633}
+    index = _index(demo / "cache")
+    assert index["crs"] == "EPSG:32633"  # the dominant zone of the area
+    merged, seen = 0, set()
+    for cell in index["cells"]:
+        ds = xr.open_zarr(demo / "cache" / f"{cell['id']}.zarr", consolidated=False)
+        days = [str(t)[:10] for t in ds.time.values]
+        assert days == sorted(set(days)) and set(days) <= set(DEMO_DATES)  # one step per day
+        for ids in (str(i).split(",") for i in ds.item_id.values):
+            assert len({i.split("_")[2] for i in ids}) == 1  # one date per step
+            assert ids == sorted(ids, key=lambda i: "_32T" in i)  # native zone first
+            merged += len(ids) == 2
+            seen.update(ids)
+    assert merged >= 2  # cells where both tiles gave pixels on the same day
+    assert seen == {i.id for i in items}
+
+
+def test_demo_cache_is_the_native_tile_else_the_warped_other_zone(demo):
+    """Every valid cached value is the native tile's (GDAL warp = plain read at 10 m), or where
+    that is not valid, the other zone's tile warped by GDAL, offset removed once."""
+    items = {i.id: i for i in pystac.ItemCollection.from_file(str(demo / "stac" / "items.json"))}
+    counts = {"native": 0, "other": 0}
+    for cell in _index(demo / "cache")["cells"]:
+        ds = xr.open_zarr(demo / "cache" / f"{cell['id']}.zarr", consolidated=False)
+        refl, valid = ds.reflectance.values.astype(int), ds.valid.values
+        for t, ids in enumerate(str(i).split(",") for i in ds.item_id.values):
+            expected = np.zeros_like(refl[t])
+            filled = np.zeros(cell["shape"], bool)
+            for item_id in ids:
+                item = items[item_id]
+                offset = 1000 if item.properties["s2:processing_baseline"] >= "04.00" else 0
+                dn = np.stack(
+                    [_warp(item.assets[b].href, cell, Resampling.bilinear) for b in DEMO_BANDS]
+                ).astype(int)
+                scl = _warp(item.assets["scl"].href, cell, Resampling.nearest)
+                ok = (dn > 0).all(0) & ~np.isin(scl, MASK) & ~filled
+                expected[:, ok] = np.clip(dn[:, ok] - offset, 1, None)
+                counts["native" if "_33T" in item_id else "other"] += int(ok.sum())
+                filled |= ok
+            np.testing.assert_array_equal(valid[t], filled, err_msg=f"{cell['id']} {t}")
+            np.testing.assert_array_equal(refl[t][:, filled], expected[:, filled])
+    assert counts["native"] > 20_000 and counts["other"] > 5_000, counts
+
+
+# ---------------------------------------------------------------------------- atomic, resumable
+
+
+def _mtimes(store: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(store)): p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()
+    }
+
+
+def test_rerun_rebuilds_only_the_missing_cell(tmp_path, catalog_dir):
+    cache = _build(tmp_path, catalog_dir)
+    index = (cache / "index.json").read_text()
+    ids = [c["id"] for c in json.loads(index)["cells"]]
+    before = {i: _mtimes(cache / f"{i}.zarr") for i in ids}
+    gone = ids[2]
+    shutil.rmtree(cache / f"{gone}.zarr")
+    time.sleep(0.01)  # a rebuilt file gets a later mtime
+    cfg = _cfg()
+    summary = tile_cache.run(cfg, items=tmp_path / "stac" / "items.json", out=cache)
+    assert (summary["built"], summary["reused"]) == (1, len(ids) - 1)
+    after = {i: _mtimes(cache / f"{i}.zarr") for i in ids}
+    for i in ids:
+        if i == gone:
+            assert after[i].keys() == before[i].keys()
+            assert all(after[i][f] > before[i][f] for f in after[i])  # written again
+        else:
+            assert after[i] == before[i]  # the same files, untouched
+    assert (cache / "index.json").read_text() == index
+    fresh = _build(tmp_path / "fresh", catalog_dir)
+    assert _files(cache) == _files(fresh)
+    assert _leftovers(tmp_path) == []
+
+
+def test_other_settings_rebuild_every_cell(tmp_path, catalog_dir):
+    cache = _build(tmp_path, catalog_dir)
+    cfg = _cfg(resampling="nearest")
+    summary = tile_cache.run(cfg, items=tmp_path / "stac" / "items.json", out=cache)
+    assert (summary["built"], summary["reused"]) == (6, 0)
+    assert (
+        json.loads((cache / "index.json").read_text())["fingerprint"]
+        != json.loads((_build(tmp_path / "b", catalog_dir) / "index.json").read_text())[
+            "fingerprint"
+        ]
+    )
+
+
+def test_killed_run_resumes_with_the_missing_cells(tmp_path):
+    """A real SIGKILL mid-run: the output is untouched, and the next run builds only the rest."""
+    bands = ["blue", "green", "red"]
+    params = {
+        "demo_catalog": {"size": 64, "dates": ["2022-05-11", "2022-07-30"]},
+        "tile_cache": {"bands": bands, "cell_size": 16, "workers": 1},
+        "data": {"bands": bands},
+    }
+    cfg = config_from_dict(params)
     demo_catalog.run(cfg, out=tmp_path / "demo")
     stac_query.run(cfg, catalog_dir=tmp_path / "demo", out=tmp_path / "stac")
-    tile_cache.run(cfg, items=tmp_path / "stac" / "items.json", out=tmp_path / "cache")
+    (tmp_path / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
+    out, stage = tmp_path / "cache", tmp_path / ".cache.partial"
+    cmd = [sys.executable, "-m", "geogfm", "tile_cache", "--params", str(tmp_path / "params.yaml"),
+           "--items", str(tmp_path / "stac" / "items.json"), "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(stage.glob("*_*_*.json"))) < 3 and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not out.exists()  # nothing half-written where the output goes
+    finished = len(list(stage.glob("*_*_*.json")))
+    # what a kill at a worse moment leaves too: a store half-written, a store without its record
+    (stage / ".32633_0000000_0000000.zarr.tmp-1-1").mkdir()
+    done = next(stage.glob("*.zarr"))
+    unrecorded = [p for p in _index_ids(tmp_path, cfg) if not (stage / f"{p}.json").exists()][0]
+    shutil.copytree(done, stage / f"{unrecorded}.zarr")
+    summary = tile_cache.run(cfg, items=tmp_path / "stac" / "items.json", out=out)
+    planned = summary["cells"] + summary["skipped_cells"]
+    assert summary["reused"] == finished and summary["built"] == planned - finished
+    assert planned > finished + 5
+    assert not stage.exists()
+    fresh = tmp_path / "fresh"
+    tile_cache.run(cfg, items=tmp_path / "stac" / "items.json", out=fresh)
+    assert _files(out) == _files(fresh)
 
-    items = {
-        i.id: i for i in pystac.ItemCollection.from_file(str(tmp_path / "stac" / "items.json"))
-    }
-    assert {i.properties["s2:processing_baseline"] for i in items.values()} == {"03.01", "04.00"}
-    checked = 0
-    for cell in _index(tmp_path / "cache")["cells"]:
-        ds = xr.open_zarr(tmp_path / "cache" / f"{cell['id']}.zarr", consolidated=False)
-        for t, item_id in enumerate(str(i) for i in ds.item_id.values):
-            item = items[item_id]
-            offset = 1000 if item.properties["s2:processing_baseline"] >= "04.00" else 0
-            for b in ("blue", "green", "red", "nir"):  # native 10 m: no resampling
-                with rasterio.open(item.assets[b].href) as src:
-                    window = from_bounds(*cell["bounds"], transform=src.transform)
-                    raw = src.read(1, window=window, boundless=True, fill_value=0).astype(int)
-                expected = np.where(raw == 0, 0, np.clip(raw - offset, 1, None))
-                np.testing.assert_array_equal(ds.reflectance.values[t, bands.index(b)], expected)
-                checked += 1
-            assert not ds.valid.values[t][ds.reflectance.values[t, 0] == 0].any()
-    assert checked >= 4 * 3
+
+# ----------------------------------------------------------------------------------- bad input
+
+
+def _index_ids(root: Path, cfg) -> list[str]:
+    """The ids of the cells tile_cache plans for the items under ``root / "stac"``."""
+    from geogfm.data.tile_cache import plan_cells
+
+    items = list(pystac.ItemCollection.from_file(str(root / "stac" / "items.json")))
+    epsg = choose_epsg(items)
+    tc = cfg.tile_cache
+    return [c.id for c in plan_cells(items, epsg=epsg, resolution=10.0, cell_size=tc.cell_size)]
+
+
+def _scene_files(catalog_dir: Path, scene_id: str) -> Path:
+    return catalog_dir / "sentinel-2-l2a" / scene_id
+
+
+def _catalog_copy(tmp_path: Path, catalog_dir: Path) -> Path:
+    shutil.copytree(catalog_dir, tmp_path / "catalog")
+    return tmp_path / "catalog"
+
+
+def test_truncated_cog_stops_the_stage_naming_it_and_the_knob(tmp_path, catalog_dir):
+    cat = _catalog_copy(tmp_path, catalog_dir)
+    red = _scene_files(cat, B) / "red.tif"
+    red.write_bytes(red.read_bytes()[: red.stat().st_size // 2])
+    with pytest.raises(DataError, match=rf"item '{B}' asset 'red' cannot be read .*red.tif.*"
+                       r"truncated or corrupt.*tile_cache.fail_on_error: false"):  # fmt: skip
+        _build(tmp_path, cat)
+    assert not (tmp_path / "cache").exists() and _leftovers(tmp_path) == []
+
+
+def test_corrupt_cog_is_skipped_and_counted_when_asked(tmp_path, catalog_dir):
+    cat = _catalog_copy(tmp_path, catalog_dir)
+    green = _scene_files(cat, A) / "green.tif"
+    data = bytearray(green.read_bytes())
+    data[len(data) // 2 :] = os.urandom(len(data) - len(data) // 2)  # garbage in the tiles
+    green.write_bytes(bytes(data))
+    cache = _build(tmp_path, cat, fail_on_error=False, max_failed_fraction=0.5)
+    index = _index(cache)
+    (failed,) = {f["item"] for f in index["failed_items"]} and index["failed_items"][:1]
+    assert (failed["item"], failed["asset"]) == (A, "green") and "green.tif" in failed["href"]
+    for cell in index["cells"]:  # A is left out; B alone makes each cell's one time step
+        ds = xr.open_zarr(cache / f"{cell['id']}.zarr", consolidated=False)
+        assert [str(i) for i in ds.item_id.values] == [B]
+    with pytest.raises(DataError, match=r"1 of 2 item\(s\) \(50.0 %\).*max_failed_fraction=0.4"):
+        _build(tmp_path / "strict", cat, fail_on_error=False, max_failed_fraction=0.4)
+    assert not (tmp_path / "strict" / "cache").exists()
+    assert _leftovers(tmp_path / "strict") == []
+
+
+def test_missing_asset_file_is_an_unreadable_asset(tmp_path, catalog_dir):
+    cat = _catalog_copy(tmp_path, catalog_dir)
+    cfg = _cfg()
+    stac_query.run(cfg, catalog_dir=cat, out=tmp_path / "stac")
+    (_scene_files(cat, A) / "scl.tif").unlink()  # gone after the query
+    with pytest.raises(DataError, match=rf"item '{A}' asset 'scl' cannot be read.*No such file"):
+        tile_cache.run(cfg, items=tmp_path / "stac" / "items.json", out=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_unknown_scl_class_in_the_data_names_the_item_and_the_values(tmp_path, catalog_dir):
+    cat = _catalog_copy(tmp_path, catalog_dir)
+    with rasterio.open(
+        _scene_files(cat, B) / "scl.tif", "r+", IGNORE_COG_LAYOUT_BREAK="YES"
+    ) as dst:
+        scl = dst.read(1)
+        scl[4:8, 4:8] = 200
+        dst.write(scl, 1)
+    with pytest.raises(DataError, match=rf"item '{B}' asset 'scl' .* holds values \[200\] that "
+                       r"are not Sentinel-2 scene classes \(0..11\)"):  # fmt: skip
+        _build(tmp_path, cat)
+    assert not (tmp_path / "cache").exists() and _leftovers(tmp_path) == []
+
+
+def test_unknown_scl_class_in_params_is_refused_at_load():
+    with pytest.raises(ConfigError, match=r"tile_cache.mask_scl_classes.*unknown SCL class\(es\) "
+                       r"\[12\].*9 cloud_high_probability"):  # fmt: skip
+        _cfg(mask_scl_classes=[0, 9, 12])
+
+
+def test_all_nodata_cells_are_skipped_and_listed(tmp_path):
+    a, b = fx.SCENES[:2]
+    empty = fx.Scene("S2B_33TUN_20210814_0_L2A", a.datetime, "03.01", 0.0, shift_x=20_000.0,
+                     nodata_cols=fx.SIZE)  # fmt: skip
+    catalog = fx.make_catalog(tmp_path / "catalog", scenes=(a, b, empty))
+    cache = _build(tmp_path, catalog.parent)
+    index = _index(cache)
+    assert len(index["cells"]) == 6 and len(index["skipped_cells"]) >= 4  # under "empty"
+    assert all(int(c.split("_")[1]) >= 519_000 for c in index["skipped_cells"])
+    assert not any((cache / f"{c}.zarr").exists() for c in index["skipped_cells"])
+
+
+def test_nothing_but_nodata_is_an_error_that_says_so(tmp_path):
+    empty = fx.Scene(fx.SCENES[0].id, fx.SCENES[0].datetime, "03.01", 0.0, nodata_cols=fx.SIZE)
+    catalog = fx.make_catalog(tmp_path / "catalog", scenes=(empty,))
+    with pytest.raises(DataError, match=r"none of the \d+ cell\(s\) has a valid pixel: every "
+                       r"pixel of every item is nodata"):  # fmt: skip
+        _build(tmp_path, catalog.parent)
+    assert not (tmp_path / "cache").exists() and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("crs", "message"),
+    [
+        ("EPSG:99999", r"tile_cache.crs='EPSG:99999'.*not a known CRS.*EPSG:32633"),
+        ("EPSG:4326", r"tile_cache.crs='EPSG:4326'.*not a projected CRS.*degrees"),
+        ("UTM33", r"tile_cache.crs='UTM33' is not \"auto\" or \"EPSG:<code>\""),
+    ],
+)
+def test_invalid_grid_crs_is_refused_before_work(tmp_path, catalog_dir, crs, message):
+    with pytest.raises(ValueError, match=message):
+        _build(tmp_path, catalog_dir, crs=crs)
+    assert not (tmp_path / "cache").exists() and _leftovers(tmp_path) == []
+
+
+def test_an_item_with_an_unknown_crs_is_named(tmp_path, catalog_dir):
+    cfg = _cfg()
+    stac_query.run(cfg, catalog_dir=catalog_dir, out=tmp_path / "stac")
+    path = tmp_path / "stac" / "items.json"
+    doc = json.loads(path.read_text())
+    doc["features"][1]["properties"]["proj:code"] = "EPSG:99999"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match=rf"item '{B}' proj:code/proj:epsg: EPSG:99999 is not a "
+                       r"known CRS; set tile_cache.crs"):  # fmt: skip
+        tile_cache.run(cfg, items=path, out=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+# ----------------------------------------------------------------------- other catalogs' shapes
+
+
+def test_planetary_computer_style_assets_give_the_same_cache(tmp_path, catalog_dir, cache):
+    """Assets keyed B02, B8A, SCL without raster:bands: the baseline gives scale and offset."""
+    catalog = fx.make_catalog(tmp_path / "catalog", esa_keys=True)
+    item = next(pystac.Catalog.from_file(str(catalog)).get_items(recursive=True))
+    assert {"B02", "B8A", "SCL"} <= set(item.assets) and "blue" not in item.assets
+    again = _build(tmp_path, catalog.parent)
+    stores = {k: v for k, v in _files(again).items() if k != "index.json"}
+    assert stores == {k: v for k, v in _files(cache).items() if k != "index.json"}
+    index, ref = _index(again), _index(cache)
+    assert index.pop("fingerprint") != ref.pop("fingerprint")  # other asset names
+    assert index == ref

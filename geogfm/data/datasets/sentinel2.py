@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 __all__ = [
     "BANDS",
     "BASELINE_OFFSET_FROM",
@@ -18,9 +20,12 @@ __all__ = [
     "REFLECTANCE_SCALE",
     "SCL_CLASSES",
     "SCL_INVALID_DEFAULT",
+    "SCL_KEY",
     "Band",
+    "asset_keys",
     "baseline_offset",
     "band",
+    "unknown_scl_classes",
 ]
 
 
@@ -90,6 +95,8 @@ SCL_CLASSES: dict[int, str] = {
 }
 #: SCL classes masked as invalid by default: no data, saturated, shadows, clouds and cirrus.
 SCL_INVALID_DEFAULT: tuple[int, ...] = (0, 1, 3, 8, 9, 10)
+#: Earth Search v1 asset key of the scene classification layer.
+SCL_KEY: str = "scl"
 
 _BY_KEY = {b.key: b for b in BANDS}
 
@@ -117,3 +124,26 @@ def baseline_offset(processing_baseline: str) -> float:
     major, minor = (int(p) for p in processing_baseline.split("."))
     first_major, first_minor = (int(p) for p in BASELINE_OFFSET_FROM.split("."))
     return -0.1 if (major, minor) >= (first_major, first_minor) else 0.0
+
+
+def asset_keys(key: str) -> tuple[str, ...]:
+    """The asset keys catalogs use for a band, in the order to try them.
+
+    Earth Search v1 keys assets by common name (``"red"``, ``"scl"``); Earth Search v0 and the
+    Planetary Computer by ESA band name (``"B04"``, ``"SCL"``).
+
+    Args:
+        key: an Earth Search v1 band key (see :data:`BANDS`) or :data:`SCL_KEY`.
+
+    Raises:
+        KeyError: if ``key`` is neither.
+    """
+    if key == SCL_KEY:
+        return (SCL_KEY, "SCL")
+    return (key, band(key).name)
+
+
+def unknown_scl_classes(values: object) -> list[int]:
+    """The values among ``values`` (an array or a list) that are not Sentinel-2 SCL classes."""
+    present = np.unique(np.asarray(values))
+    return [int(v) for v in present if int(v) not in SCL_CLASSES]

@@ -5,7 +5,9 @@ narrower width, appends one shared learned mask token per removed patch, puts al
 in image order with ``ids_restore``, adds its fixed sine-cosine positional encoding (so each mask
 token knows where it is), runs a few transformer blocks and predicts the ``p * p * C`` pixel values
 of every patch, laid out as ``patchify`` lays them out. The class token goes through the blocks and
-is dropped at the end.
+is dropped at the end. With several dates the ``N = T / tt * L`` tokens are (tubelet, patch) pairs;
+the position table then adds a frame-index encoding to the spatial one, and each token predicts the
+``tt * p * p * C`` values of its tubelet.
 
 References:
     He et al., "Masked Autoencoders Are Scalable Vision Learners", CVPR 2022 (``forward_decoder``).
@@ -15,9 +17,13 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from geogfm.modules.blocks.transformer_block import TransformerBlock, init_weights
-from geogfm.modules.embeddings.positional_encoding import get_2d_sincos_pos_embed
+from geogfm.modules.embeddings.positional_encoding import (
+    get_2d_sincos_pos_embed,
+    get_frame_pos_embed,
+)
 
 __all__ = ["ReconstructionHead"]
 
@@ -35,6 +41,10 @@ class ReconstructionHead(nn.Module):
         decoder_num_heads: decoder attention heads.
         mlp_ratio: MLP hidden width as a multiple of ``decoder_embed_dim``.
         norm_layer: normalisation type.
+        num_frames: dates ``T`` per sample.
+        tubelet_size: dates ``tt`` per token.
+        fused_attn: fused attention in the decoder blocks.
+        grad_checkpointing: recompute the decoder blocks' activations in backward.
     """
 
     def __init__(
@@ -48,25 +58,35 @@ class ReconstructionHead(nn.Module):
         decoder_num_heads: int = 16,
         mlp_ratio: float = 4.0,
         norm_layer: type[nn.Module] = nn.LayerNorm,
+        num_frames: int = 1,
+        tubelet_size: int = 1,
+        fused_attn: bool = True,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         h, w = (grid_size, grid_size) if isinstance(grid_size, int) else grid_size
+        Dd, t = decoder_embed_dim, num_frames // tubelet_size
         self.grid_size = (h, w)
-        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.grad_checkpointing = grad_checkpointing
+        self.decoder_embed = nn.Linear(embed_dim, Dd)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, Dd))
         # fixed, not learned; recomputed from the config, so not stored in checkpoints
-        pos = get_2d_sincos_pos_embed(decoder_embed_dim, (h, w), cls_token=True)  # (1 + L, Dd)
-        self.register_buffer("decoder_pos_embed", pos[None], persistent=False)  # (1, 1 + L, Dd)
+        space = get_2d_sincos_pos_embed(Dd, (h, w))  # (L, Dd)
+        frame = get_frame_pos_embed(Dd, t)  # (T/tt, Dd), zeros for one frame
+        pos = (frame[:, None] + space[None]).reshape(-1, Dd)  # (N, Dd), frame-major
+        pos = torch.cat([torch.zeros(1, Dd), pos])  # (1 + N, Dd), class token first
+        self.register_buffer("decoder_pos_embed", pos[None], persistent=False)  # (1, 1 + N, Dd)
         self.decoder_blocks = nn.ModuleList(
             [
                 TransformerBlock(
-                    decoder_embed_dim, decoder_num_heads, mlp_ratio, norm_layer=norm_layer
+                    Dd, decoder_num_heads, mlp_ratio, norm_layer=norm_layer, fused_attn=fused_attn
                 )
                 for _ in range(decoder_depth)
             ]
         )
-        self.decoder_norm = norm_layer(decoder_embed_dim)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size * patch_size * in_chans)
+        self.decoder_norm = norm_layer(Dd)
+        patch_values = tubelet_size * patch_size * patch_size * in_chans  # tt*p*p*C
+        self.decoder_pred = nn.Linear(Dd, patch_values)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -78,7 +98,8 @@ class ReconstructionHead(nn.Module):
         """Decode encoder tokens ``x`` (B, 1 + L', D) to pixels (B, L, p*p*C).
 
         ``ids_restore`` (B, L) is the permutation that puts the shuffled sequence [kept tokens,
-        removed tokens] back in image order (from ``random_masking``).
+        removed tokens] back in image order (from ``random_masking``). With several dates read
+        ``N`` tokens for ``L`` and ``tt*p*p*C`` values for ``p*p*C``.
         """
         x = self.decoder_embed(x)  # (B, 1 + L', Dd)
         B, L = ids_restore.shape
@@ -92,7 +113,10 @@ class ReconstructionHead(nn.Module):
 
         x = x + self.decoder_pos_embed
         for blk in self.decoder_blocks:
-            x = blk(x)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)  # keep only x, recompute in backward
+            else:
+                x = blk(x)
         x = self.decoder_norm(x)
         x = self.decoder_pred(x)  # (B, 1 + L, p*p*C)
         return x[:, 1:]  # (B, L, p*p*C), class token dropped

@@ -2,7 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from geogfm.modules.embeddings.positional_encoding import get_2d_sincos_pos_embed
+from geogfm.modules.embeddings.positional_encoding import (
+    build_pos_embed,
+    get_2d_sincos_pos_embed,
+    get_frame_pos_embed,
+)
 
 
 def _mae_reference(embed_dim: int, h: int, w: int) -> np.ndarray:
@@ -41,3 +45,38 @@ def test_non_square_with_cls_token() -> None:
 def test_embed_dim_multiple_of_four() -> None:
     with pytest.raises(ValueError, match="embed_dim=18 must be a multiple of 4"):
         get_2d_sincos_pos_embed(18, 4)
+
+
+@pytest.mark.parametrize("kind", ["sincos", "learned", "fourier"])
+def test_every_kind_gives_one_row_per_token(kind: str) -> None:
+    torch.manual_seed(0)
+    pe = build_pos_embed(kind, 32, (3, 5))
+    table = pe()
+    assert table.shape == (1, 15, 32)
+    assert len({tuple(r) for r in table[0].tolist()}) == 15  # every position distinct
+    params = list(pe.parameters())
+    assert (kind == "sincos") == (not params)  # only sincos is fixed
+    if params:
+        table.square().sum().backward()
+        assert all(p.grad is not None for p in params)
+
+
+def test_learned_is_undecayed_and_fourier_is_reproducible() -> None:
+    # the optimiser leaves names ending in pos_embed undecayed (MAE / timm)
+    assert [n for n, _ in build_pos_embed("learned", 8, (2, 2)).named_parameters()] == ["pos_embed"]
+    torch.manual_seed(0)
+    a = build_pos_embed("fourier", 16, (4, 4))
+    torch.manual_seed(1)
+    b = build_pos_embed("fourier", 16, (4, 4))
+    assert torch.equal(a.freqs, b.freqs)  # fixed frequencies whatever the global RNG
+
+
+def test_unknown_kind() -> None:
+    with pytest.raises(ValueError, match="unknown positional encoding 'rope'"):
+        build_pos_embed("rope", 16, (2, 2))
+
+
+def test_frame_encoding() -> None:
+    assert torch.equal(get_frame_pos_embed(8, 1), torch.zeros(1, 8))  # one date: no term
+    emb = get_frame_pos_embed(8, 3)
+    assert emb.shape == (3, 8) and len({tuple(r) for r in emb.tolist()}) == 3

@@ -1,0 +1,418 @@
+"""Benchmark (a): loader patches/s per worker, tile cache vs a numpy memmap vs rasterio on the COGs.
+
+Builds a workspace with the real data stages (demo catalog, stac_query, tile_cache, patch_manifest,
+channel_stats): all 12 Sentinel-2 bands cached, 224 x 224 px windows. Then loaders serve the same
+patches (224 x 224 x 12 uint16 + a valid mask), each through a ``torch`` DataLoader with the same
+batch size, workers (persistent, seeded) and shuffling:
+
+- ``geogfm``: :func:`geogfm.data.loaders.build_dataloader`, as ``pretrain`` uses it (uint16 DN out;
+  normalisation happens later, on the training device). Headline with ``data.chunk_cache_mb: 0``,
+  so every patch reads and decodes its Zarr chunk; also with a chunk cache, whose hits depend on
+  how much of the cache fits in it.
+- ``memmap``: the same bytes (each cell's ``reflectance`` and ``valid`` arrays, uncompressed) in
+  ``.npy`` files read through ``np.load(mmap_mode="r")``, a window copied out per sample, default
+  collation. The files are in the page cache, like the Zarr chunks. ``memmap, batched`` reads a
+  batch straight into one shared-memory tensor, as geogfm does: the strict baseline for the
+  transport, shown beside it.
+- ``rasterio``: windowed reads of the source COGs of each patch's item: the 12 band files at
+  their native 10/20/60 m, resampled (bilinear) to the 224 x 224 window (through a ``WarpedVRT``
+  onto the cell's CRS for items in another UTM zone), plus ``scl`` (nearest) for the valid mask,
+  and the processing-baseline offset removed; files (and VRTs) opened once per worker. With a
+  small GDAL block cache (``GDAL_CACHEMAX``, ``--cold-gdal-mb``: what one patch's reads need, as
+  the warper reads source blocks more than once, but no reuse across patches) and with one the
+  size of geogfm's chunk cache: the counterparts of geogfm without and with its chunk cache.
+  Days the tile cache merged from two items are read from the first (less work than the cache did).
+
+Each loader runs one warm-up epoch (workers start, files enter the page cache), then ``--rounds``
+rounds interleave one timed epoch of each (so load from other processes falls on all alike); the
+median epoch gives patches/s, divided by the number of workers (the main process when 0). Printed:
+the rates and the ratios geogfm/memmap (goal >= 0.5) and geogfm/rasterio (goal >= 10).
+``--codec`` re-encodes the cache's arrays (and recomputes the statistics) to compare codecs.
+
+Usage::
+
+    .venv/bin/python benchmarks/loader_throughput.py                 # ~1 min on 2 cores
+    .venv/bin/python benchmarks/loader_throughput.py --workers 2 --rounds 7 --codec none
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pystac
+import rasterio
+import torch
+import zarr
+from rasterio.enums import Resampling
+from rasterio.errors import WindowError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window, from_bounds
+from torch.utils.data import DataLoader, Dataset
+from zarr.codecs import BloscCodec
+
+from geogfm.core.config import config_from_dict
+from geogfm.data.datasets.sentinel2 import BANDS, SCL_INVALID_DEFAULT
+from geogfm.data.loaders import build_dataloader, seed_worker
+from geogfm.data.manifest import read_manifest, write_manifest
+from geogfm.stages import channel_stats, demo_catalog, patch_manifest, stac_query, tile_cache
+
+ALL_BANDS = [b.key for b in BANDS]
+CHIP = 224
+
+
+def build_workspace(root: Path, *, size: int, dates: list[str]) -> dict[str, Path]:
+    """Run the data stages into ``root`` with 12 bands and 224 px windows (skipped if present)."""
+    cfg = config_from_dict(
+        {
+            "demo_catalog": {"size": size, "dates": dates},
+            "stac_query": {"max_cloud_cover": 100.0},
+            "tile_cache": {"bands": ALL_BANDS, "cell_size": 256},
+            "patch_manifest": {"stride": 32, "block_size": 256, "min_valid_fraction": 0.0},
+            "model": {"image_size": CHIP},
+            "data": {"bands": ALL_BANDS},
+        }
+    )
+    p = {
+        "demo": root / "data/demo",
+        "stac": root / "data/stac",
+        "cache": root / "data/cache",
+        "manifests": root / "data/manifests",
+        "manifest": root / "data/manifests/patches.parquet",
+        "stats": root / "results/stats/channel_stats.json",
+    }
+    if not p["stats"].is_file():
+        demo_catalog.run(cfg, out=p["demo"])
+        stac_query.run(cfg, catalog_dir=p["demo"], out=p["stac"])
+        tile_cache.run(cfg, items=p["stac"] / "items.json", out=p["cache"])
+        patch_manifest.run(cfg, cache=p["cache"], out=p["manifests"])
+        channel_stats.run(cfg, cache=p["cache"], manifest=p["manifest"], out=p["stats"])
+    return p
+
+
+# ------------------------------------------------------------------------------- baselines
+
+
+class MemmapPatches(Dataset):
+    """The same windows from uncompressed ``.npy`` copies of the cache arrays, via memmap."""
+
+    def __init__(self, rows, folder: Path):
+        self.rows = rows[["cell_id", "time_index", "row", "col", "size"]].to_numpy()
+        self.folder, self._open = folder, {}
+
+    def __len__(self):
+        return len(self.rows)
+
+    def _arrays(self, cell):
+        if cell not in self._open:
+            self._open[cell] = (
+                np.load(self.folder / f"{cell}.reflectance.npy", mmap_mode="r"),
+                np.load(self.folder / f"{cell}.valid.npy", mmap_mode="r"),
+            )
+        return self._open[cell]
+
+    def __getitem__(self, i):
+        cell, t, r, c, s = self.rows[i]
+        refl, valid = self._arrays(cell)
+        image = np.array(refl[t, :, r : r + s, c : c + s])  # (C, H, W) uint16, a copy
+        return {
+            "image": torch.from_numpy(image),
+            "valid": torch.from_numpy(valid[t, r : r + s, c : c + s].copy()),
+        }
+
+
+#: ``--codec`` choices: compressors the cache's ``reflectance`` and ``valid`` arrays are rewritten
+#: with ("stage": as the tile_cache stage wrote them).
+CODECS = {
+    "stage": None,
+    "lz4": [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
+    "zstd1-shuffle": [BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")],
+    "none": [],
+}
+
+
+def recompress(p: dict[str, Path], codec: str, root: Path) -> dict[str, Path]:
+    """A copy of the cache with ``reflectance`` and ``valid`` re-encoded, and its statistics."""
+    if CODECS[codec] is None:
+        return p
+    cache = root / f"cache-{codec}"
+    if not cache.is_dir():
+        shutil.copytree(p["cache"], cache)
+        for store in sorted(cache.glob("*.zarr")):
+            group = zarr.open_group(store, mode="r+")
+            for name in ("reflectance", "valid"):
+                old = group[name]
+                data, attrs = old[:], old.attrs.asdict()
+                dims, chunks, fill = old.metadata.dimension_names, old.chunks, old.fill_value
+                del group[name]
+                new = group.create_array(
+                    name,
+                    shape=data.shape,
+                    dtype=data.dtype,
+                    chunks=chunks,
+                    compressors=CODECS[codec],
+                    fill_value=fill,
+                    dimension_names=dims,
+                    attributes=attrs,
+                )
+                new[:] = data
+    stats = root / f"channel_stats-{codec}.json"
+    if not stats.is_file():
+        cfg = config_from_dict({"tile_cache": {"bands": ALL_BANDS}, "model": {"image_size": CHIP}})
+        channel_stats.run(cfg, cache=cache, manifest=p["manifest"], out=stats)
+    return {**p, "cache": cache, "stats": stats}
+
+
+class BatchedMemmapPatches(MemmapPatches):
+    """:class:`MemmapPatches` reading a batch straight into one shared-memory tensor, as geogfm
+    does (:meth:`StacPatchDataset.__getitems__`): the strict baseline for geogfm's transport."""
+
+    def __getitems__(self, indices):
+        n, s = len(indices), int(self.rows[indices[0]][4])
+        bands = self._arrays(self.rows[indices[0]][0])[0].shape[1]
+        image = _shared((n, bands, s, s), torch.uint16)
+        valid = _shared((n, s, s), torch.bool)
+        dn, mask = image.numpy(), valid.numpy()
+        for k, i in enumerate(indices):
+            cell, t, r, c, s = self.rows[i]
+            refl, ok = self._arrays(cell)
+            dn[k] = refl[t, :, r : r + s, c : c + s]
+            mask[k] = ok[t, r : r + s, c : c + s]
+        return {"image": image, "valid": valid}
+
+
+def _shared(shape, dtype):
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+
+def _batch_as_is(batch):
+    return batch
+
+
+def write_memmaps(cache: Path, cells: list[str], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for cell in cells:
+        group = zarr.open_group(cache / f"{cell}.zarr", mode="r")
+        for name in ("reflectance", "valid"):
+            data = group[name][:]
+            out = np.lib.format.open_memmap(
+                folder / f"{cell}.{name}.npy", mode="w+", dtype=data.dtype, shape=data.shape
+            )
+            out[:] = data
+            out.flush()
+
+
+class RasterioPatches(Dataset):
+    """The same windows read from the source COGs: 12 bands resampled to the window, plus scl.
+
+    Each file is opened once per worker; decoded blocks are kept in GDAL's block cache, whose size
+    (``GDAL_CACHEMAX``) :func:`gdal_worker` sets in each worker.
+    """
+
+    def __init__(self, rows, items: dict[str, pystac.Item]):
+        self.rows = rows[["item_id", "crs", "minx", "miny", "maxx", "maxy", "size"]].to_numpy()
+        self.items, self._open = items, {}
+
+    def __len__(self):
+        return len(self.rows)
+
+    def _src(self, href: str, crs: str, resampling: Resampling):
+        """The file, or a ``WarpedVRT`` of it on ``crs`` if it is in another zone; kept open."""
+        key = (href, resampling)
+        if key not in self._open:
+            src = rasterio.open(href)
+            if src.crs.to_string() != crs:
+                src = WarpedVRT(src, crs=crs, resampling=resampling)
+            self._open[key] = src
+        return self._open[key]
+
+    def _read(self, href: str, crs: str, bounds, s: int, resampling: Resampling) -> np.ndarray:
+        """The (s, s) window ``bounds`` of a file, resampled; 0 where the file has no pixels."""
+        src = self._src(href, crs, resampling)
+        win = from_bounds(*bounds, transform=src.transform)
+        try:
+            inside = win.intersection(Window(0, 0, src.width, src.height))
+        except WindowError:  # the patch is outside this file
+            return np.zeros((s, s), dtype=src.dtypes[0])
+        if inside == win:
+            return src.read(1, window=win, out_shape=(s, s), resampling=resampling)
+        # the part inside the file, resampled into its place in the window
+        sx, sy = s / win.width, s / win.height
+        c0 = round((inside.col_off - win.col_off) * sx)
+        r0 = round((inside.row_off - win.row_off) * sy)
+        w, h = max(1, round(inside.width * sx)), max(1, round(inside.height * sy))
+        out = np.zeros((s, s), dtype=src.dtypes[0])
+        w, h = min(w, s - c0), min(h, s - r0)
+        out[r0 : r0 + h, c0 : c0 + w] = src.read(
+            1, window=inside, out_shape=(h, w), resampling=resampling
+        )
+        return out
+
+    def __getitem__(self, i):
+        item_id, crs, *bounds, s = self.rows[i]
+        item = self.items[item_id.split(",")[0]]  # the first item of a merged day
+        bands = []
+        for key in ALL_BANDS:
+            asset = item.assets[key]
+            dn = self._read(asset.href, crs, bounds, s, Resampling.bilinear)
+            offset = (asset.extra_fields.get("raster:bands") or [{}])[0].get("offset", 0.0)
+            off = round(-offset / 1e-4)  # +1000 DN from processing baseline 04.00
+            bands.append(np.where(dn > 0, np.clip(dn.astype(np.int32) - off, 1, 65535), 0))
+        image = np.stack(bands).astype(np.uint16)  # (C, H, W)
+        scl = self._read(item.assets["scl"].href, crs, bounds, s, Resampling.nearest)
+        valid = (image > 0).all(axis=0) & ~np.isin(scl, SCL_INVALID_DEFAULT)
+        return {"image": torch.from_numpy(image), "valid": torch.from_numpy(valid)}
+
+
+def gdal_worker(cache_mb: int, worker_id: int) -> None:
+    """``worker_init_fn`` of the rasterio loaders: GDAL's block cache size, then the seeds."""
+    rasterio.env.set_gdal_config("GDAL_CACHEMAX", cache_mb * 2**20)  # bytes; applied at once
+    seed_worker(worker_id)
+
+
+# ---------------------------------------------------------------------------------- timing
+
+
+def epoch_rate(loader) -> tuple[float, int]:
+    """Patches per second of one pass over ``loader``."""
+    n, start = 0, time.perf_counter()
+    for batch in loader:
+        n += len(batch["image"])
+    return n / (time.perf_counter() - start), n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workdir", type=Path, default=None, help="reuse a workspace (default: temp)")
+    ap.add_argument("--size", type=int, default=512, help="demo tile side, 10 m pixels")
+    ap.add_argument(
+        "--dates",
+        nargs="+",
+        default=[
+            "2021-08-14",
+            "2021-11-02",
+            "2022-02-20",
+            "2022-05-11",
+            "2022-07-30",
+            "2022-10-18",
+        ],
+    )
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--patches", type=int, default=96, help="patches per epoch, every loader")
+    ap.add_argument("--cache-mb", type=int, default=64, help="chunk / GDAL cache of the 2nd pair")
+    ap.add_argument("--cold-gdal-mb", type=int, default=8, help="GDAL cache of the 1st pair")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument(
+        "--codec", choices=sorted(CODECS), default="stage", help="re-encode the cache's arrays"
+    )
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    torch.set_num_threads(1)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.workdir or Path(tmp)
+        t0 = time.perf_counter()
+        p = build_workspace(root, size=args.size, dates=args.dates)
+        p = recompress(p, args.codec, root)
+        print(f"workspace {root} ready in {time.perf_counter() - t0:.0f} s")
+        # every window, train and val alike, serves as a train patch: this is about throughput
+        rows = read_manifest(p["manifest"]).sample(frac=1.0, random_state=0)
+        rows = rows.head(args.patches).assign(split="train").reset_index(drop=True)
+        subset = root / "bench_manifest.parquet"
+        write_manifest(rows, subset)
+        write_memmaps(p["cache"], sorted(set(rows["cell_id"])), root / "memmap")
+        items = {i.id: i for i in pystac.ItemCollection.from_file(str(p["stac"] / "items.json"))}
+        meta = p["cache"] / f"{rows['cell_id'][0]}.zarr" / "reflectance" / "zarr.json"
+        meta = json.loads(meta.read_text())
+
+        def loader(dataset, **kw):
+            return DataLoader(
+                dataset,
+                batch_size=args.batch_size,
+                shuffle=True,
+                num_workers=args.workers,
+                persistent_workers=args.workers > 0,
+                generator=torch.Generator().manual_seed(0),
+                **{"worker_init_fn": seed_worker, **kw},
+            )
+
+        def geogfm(chunk_cache_mb: int):
+            cfg = config_from_dict(
+                {
+                    "tile_cache": {"bands": ALL_BANDS},
+                    "data": {"bands": ALL_BANDS, "chunk_cache_mb": chunk_cache_mb},
+                    "model": {"image_size": CHIP},
+                }
+            )
+            data_cfg = cfg.data.model_copy(
+                update={
+                    "manifest": str(subset),
+                    "cache_dir": str(p["cache"]),
+                    "stats": str(p["stats"]),
+                    "batch_size": args.batch_size,
+                    "num_workers": args.workers,
+                }
+            )
+            return build_dataloader(data_cfg, seed=0)[0]
+
+        def rasterio_loader(cache_mb: int):
+            init = functools.partial(gdal_worker, cache_mb)
+            return loader(RasterioPatches(rows, items), worker_init_fn=init)
+
+        mb = args.cache_mb
+        loaders = {
+            "geogfm, no chunk cache": geogfm(0),
+            "memmap": loader(MemmapPatches(rows, root / "memmap")),
+            "memmap, batched": loader(
+                BatchedMemmapPatches(rows, root / "memmap"), collate_fn=_batch_as_is
+            ),
+            f"rasterio, {args.cold_gdal_mb} MiB block cache": rasterio_loader(args.cold_gdal_mb),
+            f"geogfm, {mb} MiB chunk cache": geogfm(mb),
+            f"rasterio, {mb} MiB block cache": rasterio_loader(mb),
+        }
+        print(
+            f"{len(rows)} patches of {CHIP}x{CHIP}x{len(ALL_BANDS)} uint16 per epoch, batch "
+            f"{args.batch_size}, {args.workers} worker(s); cache chunks "
+            f"{meta['chunk_grid']['configuration']['chunk_shape']}, codecs "
+            f"{[c['name'] for c in meta['codecs']]}; {args.rounds} rounds"
+        )
+        rates: dict[str, list[float]] = {name: [] for name in loaders}
+        for dl in loaders.values():
+            epoch_rate(dl)  # warm-up: workers start, files enter the page cache
+        for _ in range(args.rounds):
+            for name, dl in loaders.items():
+                rates[name].append(epoch_rate(dl)[0] / max(args.workers, 1))
+        median = {k: statistics.median(v) for k, v in rates.items()}
+        for name, rate in median.items():
+            epochs = ", ".join(f"{r:.0f}" for r in rates[name])
+            print(f"  {name:>28}: {rate:7.1f} patches/s per worker  (epochs: {epochs})")
+        cold, cached = median["geogfm, no chunk cache"], median[f"geogfm, {mb} MiB chunk cache"]
+        print(
+            f"geogfm / memmap   = {cold / median['memmap']:.2f}  (goal >= 0.5; no chunk cache; "
+            f"vs memmap, batched: {cold / median['memmap, batched']:.2f})"
+        )
+        cold_rasterio = median[f"rasterio, {args.cold_gdal_mb} MiB block cache"]
+        print(
+            f"geogfm / rasterio = {cold / cold_rasterio:.1f}  (goal >= 10; no chunk cache vs "
+            f"{args.cold_gdal_mb} MiB block cache)"
+        )
+        print(
+            f"with {mb} MiB caches: geogfm / memmap = {cached / median['memmap']:.2f}, "
+            f"geogfm / rasterio = {cached / median[f'rasterio, {mb} MiB block cache']:.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Benchmark (b): tile_cache throughput against a bare rasterio decode of the same source pixels.
+
+On the demo catalog at the default size (``params.yaml``'s ``demo_catalog``, written to a temporary
+folder), in one process:
+
+- **baseline**: open every asset the cache reads (each item's ``tile_cache.bands`` and ``scl``) with
+  rasterio and decode it whole (``src.read(1)``), with one thread and with ``tile_cache.workers``
+  threads;
+- **geogfm**: the ``tile_cache`` stage on the same items, into a fresh folder (reprojection,
+  resampling, scale/offset, masks, merging, Zarr writing; ``tile_cache.workers`` threads);
+- **odc-stac** (``--odc``, reference): ``odc.stac.load`` of the same items onto each cell, without
+  conversion or writing.
+
+Throughput is source pixels per second (the pixels of the assets read, counted once); each ratio is
+geogfm's throughput over the baseline's, best of ``--repeats`` interleaved runs. ``--native`` keeps
+only the items on the grid's own UTM zone (no reprojection: the aligned fast paths).
+``--codecs`` compares Zarr codecs on a cell of the cache instead (the table in
+``geogfm/data/tile_cache.py``).
+
+    python benchmarks/tile_cache_throughput.py [--repeats 3] [--native] [--odc] [--codecs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pystac
+import rasterio
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from geogfm.core.config import load_params  # noqa: E402
+from geogfm.core.io import write_json  # noqa: E402
+from geogfm.data.tile_cache import (  # noqa: E402
+    SCL_BAND,
+    band_sources,
+    choose_epsg,
+    item_epsg,
+    plan_cells,
+)
+from geogfm.stages import demo_catalog, stac_query, tile_cache  # noqa: E402
+
+
+def _decode(href: str) -> int:
+    with rasterio.open(href) as src:
+        return src.read(1).size
+
+
+def _baseline(hrefs: list[str], threads: int) -> float:
+    t = time.perf_counter()
+    if threads == 1:
+        for h in hrefs:
+            _decode(h)
+    else:
+        with cf.ThreadPoolExecutor(threads) as pool:
+            list(pool.map(_decode, hrefs))
+    return time.perf_counter() - t
+
+
+def _geogfm(cfg, items_json: Path, out: Path) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    tile_cache.run(cfg, items=items_json, out=out)
+    return time.perf_counter() - t
+
+
+def _odc(cfg, items: list[pystac.Item]) -> float:
+    import warnings
+
+    import odc.stac
+    from rasterio.errors import NotGeoreferencedWarning
+
+    tc = cfg.tile_cache
+    epsg = choose_epsg(items, tc.crs)
+    cells = plan_cells(items, epsg=epsg, resolution=tc.resolution, cell_size=tc.cell_size)
+    by_id = {i.id: i for i in items}
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        for cell in cells:
+            odc.stac.load(
+                [by_id[i] for i in cell.item_ids],
+                bands=[*tc.bands, SCL_BAND],
+                geobox=cell.geobox,
+                groupby=None,
+                resampling={"*": tc.resampling, SCL_BAND: "nearest"},
+                pool=tc.workers,
+            )
+    return time.perf_counter() - t
+
+
+def _codecs(cache: Path) -> None:
+    import xarray as xr
+
+    stores = sorted(cache.glob("*.zarr"))
+    cells = {p.name: xr.open_zarr(p, consolidated=False).reflectance.values for p in stores}
+    name = max(cells, key=lambda k: np.count_nonzero(cells[k]))  # the fullest cell
+    _codec_table(f"demo cell {name}", cells[name])
+    # real imagery: the six BigEarthNet L2A patches, 12 bands stacked at 10 m, as (6, 12, 120, 120)
+    stacked = ROOT / ".." / "shared" / "realdata" / "bigearthnet_s2l2a_patches" / "stacked_10m"
+    if stacked.is_dir():
+        real = []
+        for path in sorted(stacked.glob("*.tif")):
+            with rasterio.open(path) as src:
+                real.append(src.read())
+        _codec_table("BigEarthNet patches", np.stack(real).astype(np.uint16))
+
+
+def _codec_table(what: str, a: np.ndarray) -> None:
+    import zarr
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    print(f"{what}: {a.shape} {a.dtype}, {a.nbytes / 1e6:.2f} MB raw, chunks of one time step")
+    candidates = {
+        "none": None,
+        "zstd level 1": [ZstdCodec(level=1)],
+        "zstd level 3": [ZstdCodec(level=3)],
+        "blosc lz4 shuffle": [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
+        "blosc lz4 bitshuffle": [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")],
+        "blosc zstd-1 shuffle": [BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")],
+    }
+    print(f"{'codec':22s} {'size MB':>8s} {'write ms':>9s} {'read ms/chunk':>14s}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, compressors in candidates.items():
+            path = Path(tmp) / name.replace(" ", "_")
+            writes, reads = [], []
+            for _ in range(3):
+                shutil.rmtree(path, ignore_errors=True)
+                t = time.perf_counter()
+                z = zarr.create_array(
+                    path, shape=a.shape, chunks=(1, *a.shape[1:]), dtype=a.dtype,
+                    compressors=compressors,
+                )  # fmt: skip
+                z[:] = a
+                writes.append(time.perf_counter() - t)
+                z = zarr.open_array(path, mode="r")
+                t = time.perf_counter()
+                for i in range(a.shape[0]):
+                    np.asarray(z[i])
+                reads.append((time.perf_counter() - t) / a.shape[0])
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            print(f"{name:22s} {size / 1e6:8.2f} {min(writes) * 1e3:9.1f} {min(reads) * 1e3:14.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--native", action="store_true", help="only items on the grid's zone")
+    parser.add_argument("--odc", action="store_true", help="also time odc.stac.load")
+    parser.add_argument("--codecs", action="store_true", help="compare Zarr codecs instead")
+    args = parser.parse_args()
+    cfg = load_params(args.params)
+    cfg.stac_query.catalog = "demo"
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        demo_catalog.run(cfg, out=root / "demo")
+        stac_query.run(cfg, catalog_dir=root / "demo", out=root / "stac")
+        items_json = root / "stac" / "items.json"
+        items = list(pystac.ItemCollection.from_file(str(items_json)))
+        if args.native:
+            epsg = choose_epsg(items, cfg.tile_cache.crs)
+            items = [i for i in items if item_epsg(i) == epsg]
+            items_json = root / "stac" / "native.json"
+            write_json(items_json, pystac.ItemCollection(items).to_dict())
+        if args.codecs:
+            tile_cache.run(cfg, items=items_json, out=root / "cache")
+            _codecs(root / "cache")
+            return
+
+        hrefs = [s.href for i in items for s in band_sources(i, cfg.tile_cache.bands).values()]
+        pixels = 0
+        for h in hrefs:
+            with rasterio.open(h) as src:
+                pixels += src.width * src.height
+        workers = cfg.tile_cache.workers
+        times: dict[str, list[float]] = {"decode 1": [], f"decode {workers}": [], "geogfm": []}
+        if args.odc:
+            times["odc"] = []
+        _baseline(hrefs, 1)  # warm the page cache
+        for _ in range(args.repeats):
+            times["decode 1"].append(_baseline(hrefs, 1))
+            times[f"decode {workers}"].append(_baseline(hrefs, workers))
+            times["geogfm"].append(_geogfm(cfg, items_json, root / "cache"))
+            if args.odc:
+                times["odc"].append(_odc(cfg, items))
+        best = {k: min(v) for k, v in times.items()}
+        n_cells = len(list((root / "cache").glob("*.zarr")))
+
+    print(
+        f"demo catalog: {len(items)} items ({'one UTM zone' if args.native else 'two UTM zones'}),"
+        f" {len(hrefs)} assets, {pixels / 1e6:.2f} M source pixels; {n_cells} cells; "
+        f"best of {args.repeats}; {os.cpu_count()} CPUs"
+    )
+    for name, label in (
+        ("decode 1", "bare rasterio decode, 1 thread"),
+        (f"decode {workers}", f"bare rasterio decode, {workers} threads"),
+        ("geogfm", f"tile_cache, {workers} workers"),
+        ("odc", f"odc.stac.load only, pool {workers}"),
+    ):
+        if name in best:
+            print(f"{label:38s} {best[name]:7.3f} s {pixels / best[name] / 1e6:8.1f} Mpx/s")
+    ratio_same = best[f"decode {workers}"] / best["geogfm"]
+    ratio_one = best["decode 1"] / best["geogfm"]
+    print(
+        f"ratio tile_cache / bare decode, {workers} threads each: {ratio_same:.2f}x (goal >= 0.7x)"
+    )
+    print(f"ratio tile_cache ({workers} workers) / bare decode, 1 thread: {ratio_one:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

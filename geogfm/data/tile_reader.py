@@ -1,0 +1,252 @@
+"""Reading one raster band onto a tile-cache cell's pixel grid.
+
+Each (item, band) a cell needs is read with rasterio onto the cell's :class:`~odc.geo.geobox.GeoBox`
+in the fastest of three ways that gives GDAL's warper's answer:
+
+- the source's pixels *are* the cell's (same CRS and resolution, whole-pixel offset): a windowed
+  read, as a bare rasterio decode does (odc-stac's "paste" case);
+- each source pixel is a whole ``k x k`` block of the cell's (same CRS, resolution ``k`` times the
+  cell's, aligned: Sentinel-2's 20 m and 60 m bands on a 10 m grid): a windowed read that GDAL
+  resamples on the way (``out_shape=``) with the cell's kernel. GDAL's resampled read mixes nodata
+  into a bilinear kernel where its warper does not, so a bilinear read whose window holds nodata,
+  and any cubic read (the two cubic kernels differ), go to the warper instead;
+- anything else (another UTM zone, another resolution, a rotated or sub-pixel-shifted grid):
+  GDAL's warper, :func:`rasterio.warp.reproject`, as odc-stac does.
+
+The tests check the fast paths against the warper: plain reads and nearest upsampling agree pixel
+for pixel, bilinear to the DN (the two round the mean in different orders), average alike except
+that the warper also fills the row or column just beyond a source's edge. Datasets stay open per
+worker thread across cells (:class:`SourceCache`), so an asset that several cells share is opened
+once per thread and GDAL's block cache decodes its blocks once. These fast paths are why the tile
+cache reads its sources itself rather than through ``odc.stac.load``, which reopens every asset for
+every band and cell and warps aligned 20 m bands; ``benchmarks/tile_cache_throughput.py`` measures
+both.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from odc.geo.geobox import GeoBox
+from rasterio._err import CPLE_BaseError
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.warp import reproject, transform_bounds
+from rasterio.windows import Window
+
+__all__ = ["READ_ERRORS", "GDAL_OPTIONS", "BandSource", "SourceCache", "read_band", "read_error"]
+
+#: Errors of an unreadable asset: missing, truncated or corrupt file, HTTP failure.
+READ_ERRORS: tuple[type[BaseException], ...] = (RasterioError, CPLE_BaseError)
+
+#: GDAL options for the reading threads: no directory listing on open (COGs have no side-cars),
+#: retries on HTTP errors, merged range requests.
+GDAL_OPTIONS: dict[str, str] = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_HTTP_MAX_RETRY": "5",
+    "GDAL_HTTP_RETRY_DELAY": "1",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+}
+
+_EPS = 1e-6  # pixels: offsets and ratios closer than this to whole numbers are whole
+
+
+@dataclass(frozen=True)
+class BandSource:
+    """Where one band of one item is, and how its numbers map to reflectance."""
+
+    asset: str  #: the item's asset key, e.g. ``"red"`` or ``"B04"``
+    href: str  #: file path or URL
+    bidx: int  #: 1-based band index in the file
+    scale: float  #: reflectance per DN (1.0 for a layer that is not reflectance)
+    offset: float  #: reflectance at DN 0
+    nodata: float | None  #: nodata DN from ``raster:bands``; ``None``: the file's own, if any
+
+
+def read_error(exc: BaseException) -> str:
+    """The message of a read error with its GDAL cause ("Read failed. See previous ...": why)."""
+    msg = str(exc)
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause) and str(cause) not in msg:
+        msg = f"{msg} ({cause})"
+    return msg
+
+
+class SourceCache:
+    """Open rasterio datasets, kept per thread, the least recently used closed beyond a limit.
+
+    Args:
+        max_open: datasets each thread keeps open.
+    """
+
+    def __init__(self, max_open: int = 256) -> None:
+        self.max_open = max_open
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[OrderedDict[str, rasterio.DatasetReader]] = []
+        self._epsg: dict[str, int | None] = {}  # ds.crs.to_epsg() costs 30 us a call
+        self._bounds: dict[tuple[str, str], tuple[float, float, float, float]] = {}
+
+    def open(self, href: str) -> rasterio.DatasetReader:
+        """The dataset at ``href``, opened by this thread (once)."""
+        open_ = getattr(self._local, "open", None)
+        if open_ is None:
+            open_ = self._local.open = OrderedDict()
+            with self._lock:
+                self._all.append(open_)
+        ds = open_.get(href)
+        if ds is not None:
+            open_.move_to_end(href)
+            return ds
+        ds = rasterio.open(href, sharing=False)
+        open_[href] = ds
+        self._epsg[href] = ds.crs.to_epsg() if ds.crs is not None else None
+        if len(open_) > self.max_open:
+            open_.popitem(last=False)[1].close()
+        return ds
+
+    def epsg(self, href: str) -> int | None:
+        """The EPSG code of an opened dataset's CRS (``None``: none or not an EPSG code)."""
+        return self._epsg[href]
+
+    def bounds(self, href: str, crs: str) -> tuple[float, float, float, float]:
+        """An opened dataset's bounds in ``crs`` (edges densified), computed once."""
+        key = (href, crs)
+        if key not in self._bounds:
+            ds = self.open(href)
+            self._bounds[key] = transform_bounds(ds.crs, crs, *ds.bounds, densify_pts=21)
+        return self._bounds[key]
+
+    def close(self) -> None:
+        """Close every dataset of every thread (when no thread reads any more)."""
+        with self._lock:
+            for open_ in self._all:
+                while open_:
+                    open_.popitem()[1].close()
+
+
+def _whole(v: float) -> int | None:
+    r = round(v)
+    return r if abs(v - r) < _EPS else None
+
+
+def _block_factor(
+    ds: rasterio.DatasetReader, epsg: int | None, geobox: GeoBox
+) -> tuple[int, int, int] | None:
+    """``(k, row, col)`` if each source pixel is a ``k x k`` block of cell pixels, else ``None``.
+
+    ``epsg`` is the source's; ``(row, col)`` is the cell's top-left pixel in cell-sized pixels
+    from the source's corner.
+    """
+    src, dst = ds.transform, geobox.affine
+    if epsg is None or geobox.crs is None or epsg != geobox.crs.epsg:
+        return None
+    if (src.b, src.d, dst.b, dst.d) != (0, 0, 0, 0):
+        return None
+    if src.a <= 0 or src.e >= 0 or dst.a <= 0 or dst.e >= 0:
+        return None
+    k, ky = _whole(src.a / dst.a), _whole(src.e / dst.e)
+    row, col = _whole((src.f - dst.f) / -dst.e), _whole((dst.c - src.c) / dst.a)
+    if k is None or k != ky or k < 1 or row is None or col is None:
+        return None
+    return k, row, col
+
+
+def read_band(
+    sources: SourceCache, src: BandSource, geobox: GeoBox, *, resampling: str
+) -> tuple[np.ndarray, float | None]:
+    """Read one band onto a cell's pixel grid.
+
+    Args:
+        sources: the open datasets of this thread.
+        src: the band.
+        geobox: the cell's grid.
+        resampling: GDAL kernel name (``"nearest"``, ``"bilinear"``, ``"average"``, ``"cubic"``).
+
+    Returns:
+        ``(H, W)`` pixels (the file's integer type, or float32 for floating-point files) and the
+        nodata value they use (pixels outside the source are nodata; NaN for floats without one).
+
+    Raises:
+        rasterio.errors.RasterioError: if the file cannot be opened or read (see
+            :data:`READ_ERRORS`).
+    """
+    ds = sources.open(src.href)
+    dtype = np.dtype(ds.dtypes[src.bidx - 1])
+    out_dtype = dtype if dtype.kind in "ui" else np.dtype(np.float32)
+    nodata = src.nodata if src.nodata is not None else ds.nodatavals[src.bidx - 1]
+    if nodata is not None and math.isnan(nodata):
+        nodata = None
+    fill = (0 if nodata is None else nodata) if out_dtype.kind in "ui" else np.nan
+    out = np.full(geobox.shape, fill, dtype=out_dtype)
+    kernel = Resampling[resampling]
+
+    block = _block_factor(ds, sources.epsg(src.href), geobox)
+    if block is not None and not (block[0] > 1 and kernel == Resampling.cubic):
+        k, row, col = block
+        if _read_blocks(ds, src.bidx, out, k, row, col, kernel, nodata):
+            return out, (fill if nodata is None else nodata)
+    left, bottom, right, top = sources.bounds(src.href, str(geobox.crs))
+    b = geobox.boundingbox
+    if not (left < b.right and right > b.left and bottom < b.top and top > b.bottom):
+        return out, (fill if nodata is None else nodata)  # the source does not reach the cell
+    # the warp always covers the whole cell: GDAL's bilinear weights depend on the destination's
+    # extent, so warping a part of a cell would not give the values of warping all of it
+    reproject(
+        rasterio.band(ds, src.bidx),
+        out,
+        src_nodata=nodata,
+        dst_crs=str(geobox.crs),
+        dst_transform=geobox.affine,
+        dst_nodata=fill,
+        resampling=kernel,
+    )
+    return out, (fill if nodata is None else nodata)
+
+
+def _read_blocks(
+    ds: rasterio.DatasetReader,
+    bidx: int,
+    out: np.ndarray,
+    k: int,
+    row: int,
+    col: int,
+    kernel: Resampling,
+    nodata: float | None,
+) -> bool:
+    """Fill ``out`` from source pixels that are ``k x k`` blocks of it; ``False``: use the warper.
+
+    ``(row, col)``: the cell's top-left pixel, in cell pixels from the source's top-left corner.
+    """
+    H, W = out.shape
+    # source pixels covering the cell, clipped to the source
+    r0, r1 = max(row // k, 0), min(-(-(row + H) // k), ds.height)
+    c0, c1 = max(col // k, 0), min(-(-(col + W) // k), ds.width)
+    if r0 >= r1 or c0 >= c1:
+        return True  # no overlap: all nodata
+    window = Window(c0, r0, c1 - c0, r1 - r0)
+    if k == 1:
+        data = ds.read(bidx, window=window, out_dtype=out.dtype)
+    else:
+        if kernel == Resampling.bilinear:
+            # GDAL's resampled read would mix nodata into the kernel: then the warper decides
+            br0, br1 = max(r0 - 1, 0), min(r1 + 1, ds.height)
+            bc0, bc1 = max(c0 - 1, 0), min(c1 + 1, ds.width)
+            raw = ds.read(bidx, window=Window(bc0, br0, bc1 - bc0, br1 - br0))
+            if (nodata is not None and (raw == nodata).any()) or (
+                raw.dtype.kind == "f" and np.isnan(raw).any()
+            ):
+                return False
+        shape = ((r1 - r0) * k, (c1 - c0) * k)
+        data = ds.read(bidx, window=window, out_shape=shape, resampling=kernel, out_dtype=out.dtype)
+    # the read's top-left is cell pixel (r0 * k - row, c0 * k - col), possibly above/left of it
+    y, x = r0 * k - row, c0 * k - col
+    ys, xs = max(y, 0), max(x, 0)
+    ye, xe = min(y + data.shape[0], H), min(x + data.shape[1], W)
+    out[ys:ye, xs:xe] = data[ys - y : ye - y, xs - x : xe - x]
+    return True
