@@ -488,6 +488,7 @@ class GeoGFMConfig(_Section):
     DERIVED: ClassVar[dict[str, str]] = {
         "model.in_chans": "len(data.bands)",
         "model.patch_size": "data.patch_size",
+        "model.num_frames": "data.num_frames",
         "data.chip_size": "model.image_size",
         "data.batch_size": "train.batch_size",
         "data.manifest": "the stage's --manifest argument",
@@ -520,6 +521,7 @@ def _derive(raw: dict[str, Any]) -> dict[str, Any]:
         model["in_chans"] = len(data["bands"])
     for (dst, dst_key), (src, src_key) in (
         ((model, "patch_size"), (data, "patch_size")),
+        ((model, "num_frames"), (data, "num_frames")),
         ((data, "chip_size"), (model, "image_size")),
         ((data, "batch_size"), (train, "batch_size")),
     ):

@@ -126,3 +126,10 @@ def test_params_not_a_mapping(tmp_path):
     path.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_params(path)
+
+
+def test_model_frames_follow_data_frames():
+    cfg = config_from_dict({"data": {"num_frames": 3}})
+    assert cfg.model.num_frames == 3
+    with pytest.raises(ConfigError, match=r"model\.num_frames: set from data\.num_frames"):
+        config_from_dict({"model": {"num_frames": 2}})
