@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_dir", "atomic_path", "sha256_file", "write_json"]
+__all__ = ["atomic_dir", "atomic_path", "replace_dir", "sha256_file", "write_json"]
 
 
 def _tmp_name(path: Path) -> Path:
@@ -45,15 +45,25 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+        replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(src: str | Path, dst: str | Path) -> None:
+    """Move the finished directory ``src`` to ``dst``, replacing an old ``dst`` whole.
+
+    The old ``dst`` is renamed aside before ``src`` takes its place, so at every moment ``dst`` is
+    either the old or the new directory, never a mix.
+    """
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old)
+    else:
+        os.replace(src, dst)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from geogfm.core.config import GeoGFMConfig, TileCacheConfig
 from geogfm.core.errors import DataError
-from geogfm.core.io import write_json
+from geogfm.core.io import replace_dir, write_json
 from geogfm.data import tile_cache as _tile_cache
 from geogfm.data import tile_items as _tile_items
 from geogfm.data import tile_reader as _tile_reader
@@ -186,13 +186,7 @@ def _replace(stage: Path, out: Path) -> None:
     for path in stage.glob("*.json"):
         if path.name != "index.json":
             path.unlink()
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(stage, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(stage, out)
+    replace_dir(stage, out)
 
 
 # ---------------------------------------------------------------------------------------- run
