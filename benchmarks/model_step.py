@@ -1,22 +1,31 @@
 """Training-step time of the GeoViT MAE: the readable eager path vs the fused and compiled paths.
 
-One step = forward + backward + AdamW step (geogfm's ``build_optimizer``) of the MAE of a size
-preset with its decoder, on a fixed batch with fresh masking noise every step. Three variants,
+One step = forward + backward + AdamW step of the MAE of a size preset with its decoder, on a
+fixed batch with fresh masking noise every step (``geogfm.models.fast.TrainStep``). Three variants,
 built from the same seed (same weights, same masks), measured in this one process:
 
-    readable  the explicit ``softmax(q kᵀ / √hd) v`` attention, eager
-    fused     ``F.scaled_dot_product_attention``, eager
-    compiled  fused + ``torch.compile`` (Inductor, fullgraph: a graph break is an error); the
-              masking noise is drawn outside and passed in (a torch.Generator cannot be traced)
+    readable  the explicit ``softmax(q kᵀ / √hd) v`` attention, every patch embedded then the
+              removed ones dropped (MAE's order), AdamW's per-parameter loop (``foreach=False``);
+              eager
+    fused     ``F.scaled_dot_product_attention``, only the kept patches embedded, AdamW
+              ``fused=True``; eager
+    compiled  fused + ``torch.compile`` of the whole MAE (Inductor, fullgraph: a graph break is
+              an error) fed band-fastest ("channels-last") images (``CompiledMAE``); the masking
+              noise is drawn outside and passed in (a torch.Generator cannot be traced)
 
-The variants' steps are interleaved in rounds (so that load from other processes falls on all of
-them alike); each variant's best round (mean step time of its fastest round, as ``timeit``
-reports) and median round are printed, with the ratio of the best rounds to ``readable``. The
-loss of the first step is printed too: the variants compute the same thing. On a machine shared
-with other jobs, ``--threads 1`` gives steadier numbers than several OpenMP threads, which stall
-whenever one of them is descheduled.
+All three are fp32 on the CPU (the comparison never mixes precisions). The variants' steps are
+interleaved in rounds (so that load from other processes falls on all of them alike); each
+variant's best round (mean step time of its fastest round, as ``timeit`` reports) and median round
+are printed, with the ratios of the best and of the median rounds to ``readable``. The loss of the
+first step is printed too: the variants compute the same thing. On a machine shared with other
+jobs, ``--threads 1 --clock cpu`` (this process's CPU time, which other processes' load barely
+changes) gives steadier ratios than wall time with several OpenMP threads, which stall whenever
+one of them is descheduled.
 
-CPU section (always): presets tiny and small, batch 8, 10 bands, 128 px, patch 16, fp32.
+CPU section (always): presets tiny and small, batch 8, 12 bands, 224 px, patch 16, fp32: the
+issue's standard input (ViT-B/16's 224 px: 196 tokens, of which MAE keeps 49) at a CPU batch.
+``--bands 10 --image 128`` is the earlier, smaller setting (64 tokens, 16 kept), where per-op
+overhead weighs more and attention less.
 CUDA section (when a GPU is available, or ``--mfu-device``): ViT-B/16 MAE (preset base), 12
 bands, 224 px, bf16 autocast, batch 256: images/s and model FLOP utilisation, MFU = model FLOPs
 of one step (forward + backward, counted by ``torch.utils.flop_counter`` on the readable model,
@@ -26,6 +35,9 @@ or ``--peak-tflops``).
 Usage::
 
     .venv/bin/python benchmarks/model_step.py                      # CPU (+ CUDA if present)
+    .venv/bin/python benchmarks/model_step.py --threads 2 --steps 30 --rounds 10
+    .venv/bin/python benchmarks/model_step.py --bands 10 --image 128   # the smaller input
+    .venv/bin/python benchmarks/model_step.py --threads 1 --clock cpu  # on a busy machine
     .venv/bin/python benchmarks/model_step.py --presets tiny --no-compile
     .venv/bin/python benchmarks/model_step.py --skip-cpu --mfu-batch 128   # the GPU part only
     # the CUDA section's code path on CPU at toy size (a smoke test, not a measurement):
@@ -44,9 +56,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from geogfm.core.config import TrainConfig
+from geogfm.models.fast import TrainStep
 from geogfm.models.gfm_mae import MaskedAutoencoder
 from geogfm.models.gfm_vit import PRESETS, GeoViTBackbone
-from geogfm.training.optimizer import build_optimizer
+from geogfm.training.optimizer import param_groups
 
 VARIANTS = ("readable", "fused", "compiled")
 
@@ -69,27 +82,32 @@ class Runner:
     """One variant: its model, optimizer, masking generator and step."""
 
     def __init__(self, variant, preset, *, bands, image, patch, batch, device, bf16):
+        readable = variant == "readable"
         cfg = PRESETS[f"gfm_vit_{preset}"](
-            in_chans=bands, image_size=image, patch_size=patch, fused_attn=variant != "readable"
+            in_chans=bands, image_size=image, patch_size=patch, fused_attn=not readable
         )
         torch.manual_seed(0)  # the same weights in every variant
         self.model = MaskedAutoencoder(cfg, GeoViTBackbone(cfg)).to(device)
-        self.forward = self.model
-        if variant == "compiled":
-            self.forward = torch.compile(self.model, fullgraph=True)
-        self.opt = build_optimizer(self.model, TrainConfig(batch_size=batch))
+        train = TrainConfig(batch_size=batch)
+        opt = train.optimizer
+        # readable: AdamW's per-parameter loop; fused and compiled: its one fused kernel
+        kind = {"foreach": False} if readable else {"fused": True}
+        self.opt = torch.optim.AdamW(
+            param_groups(self.model, opt.weight_decay),
+            lr=train.effective_lr,
+            betas=tuple(opt.betas),
+            **kind,
+        )
         self.gen = torch.Generator().manual_seed(0)  # the same masks in every variant
         self.device, self.batch = torch.device(device), batch
         self.amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else None
-
-    def step(self, imgs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        noise = self.model.masking_noise(self.batch, self.gen, self.device)  # (B, L), eager
-        with self.amp or nullcontext():
-            loss, _, _ = self.forward(imgs, valid, noise=noise)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return loss.detach()
+        self.step = TrainStep(
+            self.model,
+            self.opt,
+            compile=variant == "compiled",
+            generator=self.gen,
+            amp_dtype=torch.bfloat16 if bf16 else None,
+        )
 
 
 def _sync(device: torch.device) -> None:
@@ -104,7 +122,10 @@ def _batch(batch, bands, image, device):
     return imgs, valid
 
 
-def compare(preset, variants, *, bands, image, patch, batch, device, bf16, warmup, steps, rounds):
+def compare(
+    preset, variants, *, bands, image, patch, batch, device, bf16, warmup, steps, rounds,
+    clock=time.perf_counter,
+):  # fmt: skip
     """Best and median seconds per step, and first-step loss, of each variant (in rounds)."""
     device = torch.device(device)
     imgs, valid = _batch(batch, bands, image, device)
@@ -125,19 +146,24 @@ def compare(preset, variants, *, bands, image, patch, batch, device, bf16, warmu
     for _ in range(rounds):
         for v in variants:
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(per_round):
                 runners[v].step(imgs, valid)
             _sync(device)
-            times[v].append((time.perf_counter() - t0) / per_round)
+            times[v].append((clock() - t0) / per_round)
     best = {v: min(times[v]) for v in variants}
     median = {v: statistics.median(times[v]) for v in variants}
     return best, median, first_loss
 
 
 def step_flops(runner_cfg: dict) -> int:
-    """Model FLOPs of one forward + backward, counted on the readable variant."""
+    """Model FLOPs of one forward + backward: the work a step needs.
+
+    Counted on the readable attention (whose matmuls the counter always sees) with only the kept
+    patches embedded, as the fused paths do.
+    """
     r = Runner("readable", **runner_cfg)
+    r.model.encoder.embed_kept_only = True
     imgs, valid = _batch(r.batch, runner_cfg["bands"], runner_cfg["image"], r.device)
     noise = r.model.masking_noise(r.batch, r.gen, r.device)
     with FlopCounterMode(display=False) as counter:
@@ -159,10 +185,12 @@ def peak_tflops(device: torch.device, override: float | None) -> tuple[float | N
     return None, "unknown"
 
 
-def _row(label, best, median, first_loss, batch, base, extra):
+def _row(label, v, best, median, first_loss, batch, extra):
+    """One variant's line; speedups are readable / variant, of the best and of the median rounds."""
     print(
-        f"  {label:16s} {1e3 * best:9.1f} {1e3 * median:9.1f} {batch / best:9.1f} "
-        f"{base / best:7.2f}x {extra:>8s}   {first_loss:.5f}"
+        f"  {label:16s} {1e3 * best[v]:9.1f} {1e3 * median[v]:9.1f} {batch / best[v]:9.1f} "
+        f"{best['readable'] / best[v]:7.2f}x {median['readable'] / median[v]:7.2f}x "
+        f"{extra:>8s}   {first_loss:.5f}"
     )
 
 
@@ -170,13 +198,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--bands", type=int, default=10)
-    ap.add_argument("--image", type=int, default=128)
+    ap.add_argument("--bands", type=int, default=12)
+    ap.add_argument("--image", type=int, default=224)
     ap.add_argument("--patch", type=int, default=16)
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per variant (>= 1)")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of timed steps")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall time, or this process's CPU time (steadier on a busy machine, with --threads 1)",
+    )
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled variant")
     ap.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast in the CPU section")
     ap.add_argument("--skip-cpu", action="store_true", help="skip the CPU section")
@@ -188,15 +222,17 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=None, help="override the peak table")
     args = ap.parse_args()
     variants = [v for v in VARIANTS if not (args.no_compile and v == "compiled")]
-    timing = dict(warmup=max(1, args.warmup), steps=args.steps, rounds=args.rounds)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    timing = dict(warmup=max(1, args.warmup), steps=args.steps, rounds=args.rounds, clock=clock)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
 
     def header(extra: str) -> str:
         return (
-            f"\n  {'':16s} {'best ms':>9s} {'median':>9s} {'img/s':>9s} {'speedup':>8s} "
-            f"{extra:>8s}   loss@1    (per step; best and median of {args.rounds} rounds)"
+            f"\n  {'':16s} {'best ms':>9s} {'median':>9s} {'img/s':>9s} {'x best':>8s} "
+            f"{'x median':>8s} {extra:>8s}   loss@1    ({args.clock} time per step; best and "
+            f"median of {args.rounds} rounds)"
         )
 
     if not args.skip_cpu:
@@ -216,9 +252,7 @@ def main() -> None:
         for preset, (flops, best, median, loss) in results.items():
             for v in variants:
                 rate = f"{flops / best[v] / 1e9:.1f}"
-                _row(
-                    f"{preset} {v}", best[v], median[v], loss[v], args.batch, best["readable"], rate
-                )
+                _row(f"{preset} {v}", v, best, median, loss[v], args.batch, rate)
 
     if not args.mfu_device:
         print("\nno CUDA device: the ViT-B/16 bf16 images/s and MFU section was not run")
@@ -245,7 +279,7 @@ def main() -> None:
     print(header("MFU"))
     for v in variants:
         mfu = f"{100 * flops / best[v] / (peak * 1e12):.1f}%" if peak else "n/a"
-        _row(v, best[v], median[v], loss[v], args.mfu_batch, best["readable"], mfu)
+        _row(v, v, best, median, loss[v], args.mfu_batch, mfu)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,31 @@ STAGES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("out", "results/figures", "directory for the PNG figures"),
         ],
     ),
+    "evaluate": (
+        "probes, kNN and reconstruction metrics, pretrained vs random encoder, on held-out patches",
+        [
+            ("checkpoint", "results/pretrain/checkpoint.pt", "the pretrained checkpoint"),
+            ("cache", "data/cache", "the tile cache"),
+            ("manifest", "data/manifests/patches.parquet", "the patch manifest"),
+            ("stats", "results/stats/channel_stats.json", "the channel statistics"),
+            ("labels", "data/demo", "STAC catalog with the label collection (evaluate.*)"),
+            ("out", "results/evaluate", "directory for metrics.json, report.json and figures"),
+        ],
+    ),
+    "model_card": (
+        "write results/model_card.md: provenance, statistics, split, config, metrics, lineage",
+        [
+            ("lock", "data/stac/lock.json", "the STAC lock"),
+            ("cache", "data/cache", "the tile cache (its index.json)"),
+            ("audit", "data/manifests/split_audit.json", "the split audit"),
+            ("stats", "results/stats/channel_stats.json", "the channel statistics"),
+            ("meta", "results/pretrain/meta.json", "the checkpoint's meta.json"),
+            ("metrics", "results/pretrain/metrics.json", "the pretraining metrics"),
+            ("evaluation", "results/evaluate/metrics.json", "evaluation metrics (if they exist)"),
+            ("figures", "results/figures", "folder of figures to link"),
+            ("out", "results/model_card.md", "the model card to write"),
+        ],
+    ),
 }
 
 
@@ -84,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     check = sub.add_parser("check", help="validate a params file and print it with derived values")
     check.add_argument("--params", default="params.yaml", type=Path, help="params file")
+    _add_verify_checkpoint(sub)
     for stage, (help_text, paths) in STAGES.items():
         p = sub.add_parser(stage, help=help_text, description=help_text)
         p.add_argument("--params", default="params.yaml", type=Path, help="params file")
@@ -91,7 +117,57 @@ def _parser() -> argparse.ArgumentParser:
         for name, default, arg_help in paths:
             flag = "--" + name.replace("_", "-")
             p.add_argument(flag, dest=name, default=Path(default), type=Path, help=arg_help)
+        if stage == "stac_query":
+            p.add_argument(
+                "--check",
+                action="store_true",
+                help="write nothing: search the locked query again and fail, naming the items, if "
+                "the catalog no longer gives what <out>/lock.json recorded",
+            )
     return parser
+
+
+def _add_verify_checkpoint(sub: argparse._SubParsersAction) -> None:
+    help_text = (
+        "recompute a checkpoint's lineage (data, stats, params hashes) and report mismatches"
+    )
+    p = sub.add_parser("verify-checkpoint", help=help_text, description=help_text)
+    p.add_argument("checkpoint", type=Path, help="the .pt file, its meta.json or their folder")
+    for name, default in (
+        ("cache", "data/cache"),
+        ("manifest", "data/manifests/patches.parquet"),
+        ("stats", "results/stats/channel_stats.json"),
+        ("lock", "data/stac/lock.json"),
+        ("params", "params.yaml"),
+    ):
+        p.add_argument(f"--{name}", default=Path(default), type=Path, help=f"default {default}")
+    p.add_argument(
+        "--strict", action="store_true", help="also fail on code differences (commit, versions)"
+    )
+
+
+def _verify_checkpoint(args: argparse.Namespace) -> int:
+    verify = importlib.import_module("geogfm.core.verify")  # (not in every stage's code deps)
+    report = verify.verify_checkpoint(
+        args.checkpoint,
+        cache=args.cache,
+        manifest=args.manifest,
+        stats=args.stats,
+        lock=args.lock,
+        params=args.params,
+    )
+    for line in report.matched:
+        print(f"ok        {line}")
+    for line in report.notes:
+        print(f"note      {line}")
+    for line in report.mismatches:
+        print(f"MISMATCH  {line}")
+    failed = report.mismatches + (report.notes if args.strict else [])
+    if failed:
+        log.error("%s: %d mismatch(es) with its lineage", args.checkpoint, len(failed))
+        return 1
+    log.info("%s: every input matches its lineage", args.checkpoint)
+    return 0
 
 
 def _setup_logging(log_file: Path | None) -> None:
@@ -112,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(getattr(args, "log", None))
     try:
+        if args.command == "verify-checkpoint":
+            return _verify_checkpoint(args)
         cfg = load_params(args.params)
         if args.command == "check":
             print(json.dumps(cfg.model_dump(), indent=2))
@@ -120,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         stage = importlib.import_module(f"geogfm.stages.{args.command}")
         log.info("%s: %s", args.command, {k: str(v) for k, v in paths.items()})
         start = time.perf_counter()
-        summary = stage.run(cfg, **paths)
+        run = stage.check if getattr(args, "check", False) else stage.run
+        summary = run(cfg, **paths)
         log.info("%s done in %.1f s: %s", args.command, time.perf_counter() - start, summary)
         return 0
     except (ConfigError, DataError, FileNotFoundError) as err:

@@ -322,7 +322,9 @@ class ModelConfig(_Section):
         None, gt=0.0, description="LayerScale init value (e.g. 1e-5); null: no LayerScale"
     )
     fused_attn: bool = Field(
-        True, description="F.scaled_dot_product_attention; false: the explicit softmax path"
+        True,
+        description="the fused paths: F.scaled_dot_product_attention, and only the kept patches "
+        "embedded; false: the readable ones (explicit softmax, every patch embedded then dropped)",
     )
     grad_checkpointing: bool = Field(
         False, description="recompute block activations in backward: less memory, one more forward"
@@ -430,15 +432,32 @@ class TrainConfig(_Section):
     """The training loop."""
 
     epochs: int = Field(1, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="images per device and micro-batch")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="after the warmup: cosine decay to 0, or constant"
+    )
     warmup_epochs: float = Field(0.0, ge=0.0)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
+    accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     grad_clip: float | None = Field(1.0, gt=0.0)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="bf16: autocast; fp16: autocast with a gradient scaler"
+    )
+    compile: bool = Field(False, description="torch.compile the model")
+    ema_decay: float | None = Field(
+        None, gt=0.0, lt=1.0, description="EMA of the weights (saved, validated); null = off"
+    )
     device: str = Field("auto", description='"auto", "cpu", "cuda" or "cuda:N"')
+    devices: int = Field(1, ge=1, description="processes (GPUs) per node; > 1 runs torchrun")
+    nodes: int = Field(1, ge=1, description="nodes, each running `devices` processes")
     seed: int = Field(0, ge=0)
     log_every: int = Field(10, ge=1)
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="steps between checkpoints (and at each epoch end); null = epochs"
+    )
+    keep_checkpoints: int = Field(3, ge=1, description="the last k checkpoints are kept")
+    resume: bool = Field(True, description="resume an unfinished run from its last checkpoint")
 
     @field_validator("device")
     @classmethod
@@ -448,9 +467,14 @@ class TrainConfig(_Section):
         raise ValueError('expected "auto", "cpu", "cuda" or "cuda:N"')
 
     @property
+    def effective_batch(self) -> int:
+        """Images per optimizer step: ``batch_size * accum_steps * devices * nodes``."""
+        return self.batch_size * self.accum_steps * self.devices * self.nodes
+
+    @property
     def effective_lr(self) -> float:
-        """Absolute learning rate: ``optimizer.lr * batch_size / 256``."""
-        return self.optimizer.lr * self.batch_size / 256
+        """Absolute learning rate: ``optimizer.lr * effective_batch / 256``."""
+        return self.optimizer.lr * self.effective_batch / 256
 
 
 class FiguresConfig(_Section):
@@ -468,6 +492,48 @@ class FiguresConfig(_Section):
         return _known_bands(v)
 
 
+class EvaluateConfig(_Section):
+    """Probes, kNN, retrieval and reconstruction metrics on held-out patches (``evaluate``)."""
+
+    label_collection: str = Field("landcover", description="collection of the label maps")
+    label_asset: str = Field("map", description="asset key of the label raster")
+    splits: list[Literal["val", "test"]] = Field(
+        default_factory=lambda: ["val", "test"], min_length=1, description="held-out splits used"
+    )
+    max_patches: int | None = Field(
+        2000, ge=10, description="evaluate at most this many patches (an even draw); null = all"
+    )
+    pool: Literal["mean", "cls"] = Field("mean", description="pooling of the frozen tokens")
+    folds: int = Field(4, ge=2, le=20, description="spatial folds of the probes (by block)")
+    buffer: int | None = Field(
+        None, ge=0, description="px between probe train and test windows; null = the chip size"
+    )
+    probe_C: list[float] = Field(
+        default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0],
+        min_length=1,
+        description="logistic-regression C grid, picked on a spatial validation split",
+    )
+    knn_k: list[int] = Field(default_factory=lambda: [5, 20], min_length=1)
+    seg_max_tokens: int = Field(
+        4000, ge=100, description="training tokens per fit of the segmentation probe"
+    )
+    n_bootstrap: int = Field(1000, ge=100, description="bootstrap replicates of each interval")
+    ci_level: float = Field(0.95, gt=0.5, lt=1.0)
+    cluster_size: int | None = Field(
+        None, ge=1, description="px side of the bootstrap's spatial clusters; null = 2 chips"
+    )
+    n_figure_samples: int = Field(4, ge=1, le=16, description="patches in the error-map figure")
+    batch_size: int = Field(128, ge=1)
+    seed: int = Field(0, ge=0)
+
+    @field_validator("probe_C", "knn_k")
+    @classmethod
+    def _positive(cls, v: list) -> list:
+        if any(c <= 0 for c in v):
+            raise ValueError(f"every value must be > 0, got {v}")
+        return v
+
+
 # ------------------------------------------------------------------------------------- the whole
 
 
@@ -483,6 +549,7 @@ class GeoGFMConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     figures: FiguresConfig = Field(default_factory=FiguresConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
     #: Keys another section decides; setting them in params.yaml is an error naming the source.
     DERIVED: ClassVar[dict[str, str]] = {

@@ -8,19 +8,26 @@ Batches carry the cache's ``uint16`` DN, not float32: a quarter of the bytes thr
 pipes and the host-to-device copy. Each batch has a ``"normalize"`` entry, a
 :class:`~geogfm.data.transforms.normalization.DeviceNormalize`, that the training loop applies once
 the batch is on the device (``geogfm.training.loop``), giving float32 z-scores with invalid pixels
-at 0. Workers are seeded from the loader's generator (torch, numpy and ``random``), persistent
-across epochs, and batches are pinned when a GPU is present.
+at 0. Workers are persistent across epochs, and batches are pinned when a GPU is present.
+
+Training order and randomness are functions of ``(seed, epoch, position in the epoch)`` only: the
+train loader's :class:`EpochSampler` shuffles with ``seed + epoch``, can start an epoch at an
+offset (resuming a run mid-epoch) and shards for DDP; :class:`EpochSeededDataset` reseeds torch,
+numpy and ``random`` before each batch is read, from the seed, the epoch and the batch's position.
+So a batch's content does not depend on the number of workers, on which worker reads it, or on
+whether the run was resumed: worker RNGs carry no state worth saving.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 from geogfm.core.config import DataConfig
 from geogfm.core.errors import DataError
@@ -30,7 +37,14 @@ from geogfm.data.manifest import read_manifest
 from geogfm.data.transforms.normalization import DeviceNormalize, load_stats
 from geogfm.data.transforms.temporal_sampling import make_sampler
 
-__all__ = ["PatchLoader", "build_dataloader", "collate_patches", "seed_worker"]
+__all__ = [
+    "EpochSampler",
+    "EpochSeededDataset",
+    "PatchLoader",
+    "build_dataloader",
+    "collate_patches",
+    "seed_worker",
+]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +100,120 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+class EpochSampler(Sampler[tuple[int, int, int]]):
+    """A resumable shuffling sampler: permutation of ``seed + epoch``, sharded over replicas.
+
+    Each epoch's order is ``torch.randperm(n)`` from a generator seeded with ``seed + epoch``
+    (``shuffle=False``: ``0 .. n-1``), so it needs no state beyond the epoch number. With
+    ``num_replicas > 1`` (DDP) the order is cut to a multiple of ``num_replicas`` and replica
+    ``rank`` takes every ``num_replicas``-th index from ``rank``: consecutive per-replica batches
+    of ``b`` together are the single-process batch of ``b * num_replicas``.
+    :meth:`set_epoch` picks the epoch and how many of this replica's samples to skip (a run
+    resumed mid-epoch). It yields ``(epoch, position, index)`` for :class:`EpochSeededDataset`.
+
+    Args:
+        n: dataset length.
+        seed: the run's seed.
+        shuffle: permute each epoch; False keeps dataset order.
+        num_replicas: processes sharing the data (DDP world size).
+        rank: this process's rank.
+    """
+
+    def __init__(
+        self, n: int, *, seed: int = 0, shuffle: bool = True, num_replicas: int = 1, rank: int = 0
+    ):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, num_replicas={num_replicas})")
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Serve epoch ``epoch`` from this replica's ``start``-th sample on."""
+        if not 0 <= start <= len(self):
+            raise ValueError(f"start {start} is not in [0, {len(self)}] samples of the epoch")
+        self.epoch, self.start = epoch, start
+
+    def order(self, epoch: int) -> list[int]:
+        """This replica's dataset indices for ``epoch``, in order."""
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        total = self.n - self.n % self.num_replicas
+        return order[self.rank : total : self.num_replicas]
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        epoch, start = self.epoch, self.start
+        self.start = 0  # an offset applies once, to the epoch being resumed
+        for pos, i in enumerate(self.order(epoch)[start:], start=start):
+            yield epoch, pos, i
+
+    def __len__(self) -> int:
+        """Samples per epoch for this replica (a resumed epoch yields ``start`` fewer)."""
+        return self.n // self.num_replicas
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, epoch: int, pos: int) -> Iterator[None]:
+    """Seed torch, numpy and ``random`` from ``(seed, epoch, pos)``; restored after in-process."""
+    s = int(np.random.SeedSequence([seed, epoch, pos]).generate_state(1, np.uint64)[0])
+    in_process = get_worker_info() is None
+    if in_process:  # do not disturb the training process's RNGs
+        saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    torch.manual_seed(s)
+    np.random.seed(s % 2**32)
+    random.seed(s)
+    try:
+        yield
+    finally:
+        if in_process:
+            torch.set_rng_state(saved[0])
+            np.random.set_state(saved[1])
+            random.setstate(saved[2])
+
+
+class EpochSeededDataset(Dataset):
+    """Wraps a dataset so that each batch is read under RNGs seeded by its place in the run.
+
+    Items are ``(epoch, position, index)`` from :class:`EpochSampler`: a batch is read under
+    :func:`_seeded` of the run's seed, the epoch and the position of its first sample, so random
+    draws in the dataset (e.g. multi-date frames) are the same whatever worker reads it and after
+    a resume. A plain ``int`` index reads the sample as the inner dataset would.
+
+    Args:
+        dataset: the map-style dataset.
+        seed: the run's seed.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:  # noqa: D105
+        return len(self.dataset)
+
+    def __getattr__(self, name: str):  # noqa: D105
+        if name == "dataset":  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, item: int | tuple[int, int, int]) -> dict:  # noqa: D105
+        if isinstance(item, int):
+            return self.dataset[item]
+        epoch, pos, i = item
+        with _seeded(self.seed, epoch, pos):
+            return self.dataset[i]
+
+    def __getitems__(self, items: list[tuple[int, int, int]]) -> list[dict]:  # noqa: D105
+        epoch, pos, _ = items[0]
+        indices = [i for _, _, i in items]
+        with _seeded(self.seed, epoch, pos):
+            if hasattr(self.dataset, "__getitems__"):
+                return self.dataset.__getitems__(indices)
+            return [self.dataset[i] for i in indices]
+
+
 class PatchLoader(DataLoader):
     """A ``DataLoader`` whose batches carry the normalisation to apply on the device.
 
@@ -108,12 +236,15 @@ class PatchLoader(DataLoader):
             yield batch
 
 
-def build_dataloader(data_cfg: DataConfig, *, seed: int = 0) -> tuple[PatchLoader, PatchLoader]:
+def build_dataloader(
+    data_cfg: DataConfig, *, seed: int = 0, num_replicas: int = 1, rank: int = 0
+) -> tuple[PatchLoader, PatchLoader]:
     """Build the train and validation loaders.
 
     Both read ``data_cfg.manifest`` rows of their split from ``data_cfg.cache_dir`` as uint16 DN,
     and normalise them on the training device with ``data_cfg.stats`` (see the module docstring).
-    The train loader shuffles with a ``torch.Generator`` seeded by ``seed`` and drops the last
+    The train loader shuffles with an :class:`EpochSampler` (``seed + epoch``; call its
+    ``set_epoch`` each epoch, as :func:`geogfm.training.loop.fit` does) and drops the last
     incomplete batch (unless the split is smaller than one batch); the validation loader keeps
     every patch, in manifest order. With ``data_cfg.num_frames > 1`` samples are ``T`` dates of
     one window (picked by ``data_cfg.temporal_sampling``: at random per sample for training,
@@ -121,7 +252,9 @@ def build_dataloader(data_cfg: DataConfig, *, seed: int = 0) -> tuple[PatchLoade
 
     Args:
         data_cfg: paths, bands, chip size, batch size, workers, frames.
-        seed: seed of the shuffling generator and of the workers.
+        seed: seed of the shuffling and of the dataset's random draws.
+        num_replicas: DDP world size; the train split is sharded over replicas.
+        rank: this process's DDP rank.
 
     Returns:
         ``(train_dl, val_dl)``; batches are dicts with ``image`` (B, C, H, W) or (B, T, C, H, W)
@@ -190,11 +323,12 @@ def build_dataloader(data_cfg: DataConfig, *, seed: int = 0) -> tuple[PatchLoade
         "collate_fn": collate_patches,
         "normalize": normalize,
     }
+    sampler = EpochSampler(len(train), seed=seed, num_replicas=num_replicas, rank=rank)
     train_dl = PatchLoader(
-        train,
-        shuffle=True,
+        EpochSeededDataset(train, seed),
+        sampler=sampler,
         generator=torch.Generator().manual_seed(seed),
-        drop_last=len(train) >= data_cfg.batch_size,
+        drop_last=len(sampler) >= data_cfg.batch_size,
         **common,
     )
     val_dl = PatchLoader(

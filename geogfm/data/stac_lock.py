@@ -6,6 +6,10 @@ processing baseline and assets: every href with its size and checksum where they
 request). A local asset that does not exist, or an http asset that answers 404/410 or does not
 answer after the retries, stops the lock with an error naming the asset: the tile cache would fail
 on it later.
+
+:func:`resolve_lock` builds the same record without writing it, and :func:`lock_drift` compares a
+lock with the record of the same query made again: items that disappeared or appeared, assets whose
+size, checksum, ETag or href changed or that are gone, and changed processing baselines.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from geogfm.core.io import atomic_path, sha256_file
 from geogfm.data.stac import item_datetime
 from geogfm.data.stac_api import RETRY_STATUS, http_retry
 
-__all__ = ["write_lock"]
+__all__ = ["lock_drift", "resolve_lock", "write_lock"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +91,79 @@ def _asset_record(
     return {"href": href, "size": None, "sha256": None}  # s3://, gs://, ...: not checked
 
 
+def _checked_record(
+    href: str, where: str, session: requests.Session, timeout: float, strict: bool
+) -> dict[str, Any]:
+    try:
+        return _asset_record(href, where, session, timeout)
+    except DataError as err:
+        if strict:
+            raise
+        return {"href": href, "size": None, "sha256": None, "missing": str(err)}
+
+
+def resolve_lock(
+    items: Sequence[pystac.Item],
+    query: dict[str, Any],
+    *,
+    catalog: str | None = None,
+    strict: bool = True,
+    max_workers: int = 8,
+    retries: int = 3,
+    backoff: float = 0.5,
+    timeout: float = 30.0,
+) -> dict[str, Any]:
+    """The lock of a search, without writing it: see :func:`write_lock`.
+
+    Args:
+        items: the search result (absolute asset hrefs), in the order to record.
+        query: the search parameters, recorded as given.
+        catalog: where the items came from; default ``query["catalog"]``.
+        strict: raise on a missing asset (``True``), or record it with a ``"missing"`` entry
+            that says why (``False``, for :func:`lock_drift`).
+        max_workers: parallel checksums / HEAD requests.
+        retries: retries of a failed HEAD request (5xx, 429, timeout, refused connection).
+        backoff: the backoff factor between retries, seconds.
+        timeout: seconds to wait for a HEAD response.
+
+    Returns:
+        The lock, as :func:`write_lock` describes it.
+
+    Raises:
+        DataError: with ``strict``, if an asset is missing or does not answer.
+    """
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=http_retry(retries, backoff))
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    jobs = [
+        (item.id, key, asset.href, f"asset {key!r} of item {item.id!r}")
+        for item in items
+        for key, asset in item.assets.items()
+    ]
+    with session, ThreadPoolExecutor(max_workers=max_workers) as pool:
+        records = list(
+            pool.map(lambda j: _checked_record(j[2], j[3], session, timeout, strict), jobs)
+        )
+    by_item: dict[str, dict[str, Any]] = {}
+    for (item_id, key, _, _), rec in zip(jobs, records, strict=True):
+        by_item.setdefault(item_id, {})[key] = rec
+    return {
+        "query": query,
+        "catalog": catalog if catalog is not None else query.get("catalog"),
+        "items": [
+            {
+                "id": item.id,
+                "collection": item.collection_id,
+                "datetime": datetime_to_str(item_datetime(item)),
+                "processing_baseline": item.properties.get("s2:processing_baseline"),
+                "assets": by_item.get(item.id, {}),
+            }
+            for item in items
+        ],
+    }
+
+
 def write_lock(
     items: Sequence[pystac.Item],
     query: dict[str, Any],
@@ -119,34 +196,85 @@ def write_lock(
         DataError: if a local asset file does not exist, or an http asset is not found (404, 410)
             or does not answer after the retries. Nothing is written then.
     """
-    session = requests.Session()
-    adapter = HTTPAdapter(max_retries=http_retry(retries, backoff))
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    jobs = [
-        (item.id, key, asset.href, f"asset {key!r} of item {item.id!r}")
-        for item in items
-        for key, asset in item.assets.items()
-    ]
-    with session, ThreadPoolExecutor(max_workers=max_workers) as pool:
-        records = list(pool.map(lambda j: _asset_record(j[2], j[3], session, timeout), jobs))
-    by_item: dict[str, dict[str, Any]] = {}
-    for (item_id, key, _, _), rec in zip(jobs, records, strict=True):
-        by_item.setdefault(item_id, {})[key] = rec
-    lock = {
-        "query": query,
-        "catalog": catalog if catalog is not None else query.get("catalog"),
-        "items": [
-            {
-                "id": item.id,
-                "collection": item.collection_id,
-                "datetime": datetime_to_str(item_datetime(item)),
-                "processing_baseline": item.properties.get("s2:processing_baseline"),
-                "assets": by_item.get(item.id, {}),
-            }
-            for item in items
-        ],
-    }
+    lock = resolve_lock(
+        items,
+        query,
+        catalog=catalog,
+        max_workers=max_workers,
+        retries=retries,
+        backoff=backoff,
+        timeout=timeout,
+    )
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(lock, indent=2) + "\n")
     return lock
+
+
+# ------------------------------------------------------------------------------------ drift
+
+
+def _short(value: Any) -> str:
+    """A checksum shortened for a message; other values as ``repr``."""
+    if isinstance(value, str) and len(value) == 64:
+        return value[:12] + "..."
+    return repr(value)
+
+
+def _asset_drift(where: str, old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    if "missing" in new:
+        return [f"{where}: gone ({new['missing']})"]
+    changes = []
+    # a local file may move with its catalog: its content decides; a URL is compared as such
+    if _local_path(old["href"]) is None and old["href"] != new["href"]:
+        changes.append(f"href {old['href']!r} -> {new['href']!r}")
+    for key in ("size", "sha256", "etag"):
+        before, now = old.get(key), new.get(key)
+        if before is not None and before != now:
+            changes.append(f"{key} {_short(before)} -> {_short(now)}")
+    return [f"{where}: {', '.join(changes)}"] if changes else []
+
+
+def lock_drift(locked: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What changed between a lock and the lock of the same query resolved again.
+
+    Args:
+        locked: the lock as written by :func:`write_lock`.
+        current: :func:`resolve_lock` of the same query now (``strict=False``).
+
+    Returns:
+        One line per difference, naming the item (and asset): items that disappeared or appeared,
+        a changed datetime or processing baseline, assets gone, added or removed, or whose size,
+        sha256, ETag (or, for a URL, href) changed. Empty when nothing changed. Values the lock
+        could not record (``None``) are not compared.
+    """
+    old = {i["id"]: i for i in locked["items"]}
+    new = {i["id"]: i for i in current["items"]}
+    drift = [
+        f"item {iid!r}: no longer found by the query (deleted, or its metadata changed so that "
+        "it no longer matches)"
+        for iid in old
+        if iid not in new
+    ]
+    drift += [
+        f"item {iid!r}: new, found by the query but not in the lock"
+        for iid in new
+        if iid not in old
+    ]
+    for iid in (i for i in old if i in new):
+        a, b = old[iid], new[iid]
+        if a.get("processing_baseline") != b.get("processing_baseline"):
+            drift.append(
+                f"item {iid!r}: processing baseline {a.get('processing_baseline')!r} -> "
+                f"{b.get('processing_baseline')!r} (reprocessed)"
+            )
+        for key in ("collection", "datetime"):
+            if a.get(key) != b.get(key):
+                drift.append(f"item {iid!r}: {key} {a.get(key)!r} -> {b.get(key)!r}")
+        for key in sorted(a["assets"].keys() - b["assets"].keys()):
+            drift.append(f"item {iid!r} asset {key!r}: removed from the item")
+        for key in sorted(b["assets"].keys() - a["assets"].keys()):
+            drift.append(f"item {iid!r} asset {key!r}: added to the item")
+        for key in sorted(a["assets"].keys() & b["assets"].keys()):
+            where = f"item {iid!r} asset {key!r}"
+            drift += _asset_drift(where, a["assets"][key], b["assets"][key])
+    return drift

@@ -39,6 +39,7 @@ __all__ = [
     "choose_epsg",
     "item_epsg",
     "processing_baseline",
+    "utm_epsg",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,16 @@ def _check_crs(epsg: int, what: str, fix: str) -> None:
         )
 
 
+def utm_epsg(lon: float, lat: float) -> int:
+    """EPSG code of the WGS 84 UTM zone of a point.
+
+    The plain 6-degree zones, as PROJ's database (and ``odc.geo``'s ``CRS.utm``) gives them,
+    without the Norway and Svalbard exceptions.
+    """
+    zone = int((lon + 180) // 6) % 60 + 1
+    return (32600 if lat >= 0 else 32700) + zone
+
+
 def choose_epsg(items: Sequence[pystac.Item], crs: str = "auto") -> int:
     """The EPSG code of the cache grid.
 
@@ -109,7 +120,8 @@ def choose_epsg(items: Sequence[pystac.Item], crs: str = "auto") -> int:
     centre = None
     union = unary_union(Geometry(i.geometry, "EPSG:4326") for i in items if i.geometry)
     if union is not None:
-        centre = CRS.utm(union.centroid).epsg
+        ((lon, lat),) = union.centroid.points
+        centre = utm_epsg(lon, lat)
     if counts:
         top = max(counts.values())
         tied = sorted(e for e, n in counts.items() if n == top)

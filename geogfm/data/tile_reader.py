@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,8 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window
+
+from geogfm.data.tile_resample import SourceGrid
 
 __all__ = ["READ_ERRORS", "GDAL_OPTIONS", "BandSource", "SourceCache", "read_band", "read_error"]
 
@@ -54,6 +57,7 @@ GDAL_OPTIONS: dict[str, str] = {
 }
 
 _EPS = 1e-6  # pixels: offsets and ratios closer than this to whole numbers are whole
+_UNIT = 512  # least side, in pixels, of the part of a file decoded at once
 
 
 @dataclass(frozen=True)
@@ -78,19 +82,31 @@ def read_error(exc: BaseException) -> str:
 
 
 class SourceCache:
-    """Open rasterio datasets, kept per thread, the least recently used closed beyond a limit.
+    """Open rasterio datasets, kept per thread, and decoded pixels, shared by all threads.
+
+    Datasets: each thread opens its own (a GDAL handle is not thread-safe) and keeps up to
+    ``max_open``, closing the least recently used. Pixels (:meth:`window`): each file is decoded
+    in units of whole internal blocks, at least ``_UNIT`` pixels on a side, once for all threads
+    and cells (a thread that wants a unit another is decoding waits for it), and kept up to
+    ``max_bytes``, the least recently used dropped first.
 
     Args:
         max_open: datasets each thread keeps open.
+        max_bytes: decoded pixels kept, in bytes.
     """
 
-    def __init__(self, max_open: int = 256) -> None:
+    def __init__(self, max_open: int = 256, max_bytes: int = 1 << 30) -> None:
         self.max_open = max_open
+        self.max_bytes = max_bytes
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: list[OrderedDict[str, rasterio.DatasetReader]] = []
         self._epsg: dict[str, int | None] = {}  # ds.crs.to_epsg() costs 30 us a call
         self._bounds: dict[tuple[str, str], tuple[float, float, float, float]] = {}
+        self._grids: dict[str, SourceGrid] = {}
+        self._nodata: dict[tuple[str, int], float | None] = {}
+        self._units: OrderedDict[tuple, Future] = OrderedDict()
+        self._held = 0
 
     def open(self, href: str) -> rasterio.DatasetReader:
         """The dataset at ``href``, opened by this thread (once)."""
@@ -105,7 +121,8 @@ class SourceCache:
             return ds
         ds = rasterio.open(href, sharing=False)
         open_[href] = ds
-        self._epsg[href] = ds.crs.to_epsg() if ds.crs is not None else None
+        if href not in self._epsg:
+            self._epsg[href] = ds.crs.to_epsg() if ds.crs is not None else None
         if len(open_) > self.max_open:
             open_.popitem(last=False)[1].close()
         return ds
@@ -113,6 +130,22 @@ class SourceCache:
     def epsg(self, href: str) -> int | None:
         """The EPSG code of an opened dataset's CRS (``None``: none or not an EPSG code)."""
         return self._epsg[href]
+
+    def grid(self, href: str) -> SourceGrid:
+        """The pixel grid of the file at ``href`` (opened if need be)."""
+        grid = self._grids.get(href)
+        if grid is None:
+            ds = self.open(href)
+            crs = ds.crs.to_wkt() if ds.crs is not None else ""
+            grid = self._grids[href] = SourceGrid(crs, ds.transform, ds.height, ds.width)
+        return grid
+
+    def nodata(self, href: str, bidx: int) -> float | None:
+        """The file's nodata value of band ``bidx`` (``None``: none)."""
+        key = (href, bidx)
+        if key not in self._nodata:
+            self._nodata[key] = self.open(href).nodatavals[bidx - 1]
+        return self._nodata[key]
 
     def bounds(self, href: str, crs: str) -> tuple[float, float, float, float]:
         """An opened dataset's bounds in ``crs`` (edges densified), computed once."""
@@ -122,12 +155,79 @@ class SourceCache:
             self._bounds[key] = transform_bounds(ds.crs, crs, *ds.bounds, densify_pts=21)
         return self._bounds[key]
 
+    def window(self, href: str, bidx: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Pixels ``[r0:r1, c0:c1]`` of band ``bidx`` (inside the file), decoded once.
+
+        Integer files keep their type, floating-point ones become float32. The array may be a
+        view of the decoded unit: do not write to it.
+
+        Raises:
+            rasterio.errors.RasterioError: if the file cannot be read (see :data:`READ_ERRORS`);
+                every later call for the same unit raises it again.
+        """
+        ds = self.open(href)
+        bh, bw = ds.block_shapes[bidx - 1]
+        uh, uw = bh * -(-_UNIT // bh), bw * -(-_UNIT // bw)
+        rows = range(r0 // uh, (r1 - 1) // uh + 1)
+        cols = range(c0 // uw, (c1 - 1) // uw + 1)
+        if len(rows) == 1 and len(cols) == 1:
+            ur, uc = rows[0], cols[0]
+            unit = self._unit(href, bidx, ur, uc, uh, uw)
+            return unit[r0 - ur * uh : r1 - ur * uh, c0 - uc * uw : c1 - uc * uw]
+        out = None
+        for ur in rows:
+            for uc in cols:
+                unit = self._unit(href, bidx, ur, uc, uh, uw)
+                if out is None:
+                    out = np.empty((r1 - r0, c1 - c0), unit.dtype)
+                y0, y1 = max(r0, ur * uh), min(r1, ur * uh + unit.shape[0])
+                x0, x1 = max(c0, uc * uw), min(c1, uc * uw + unit.shape[1])
+                out[y0 - r0 : y1 - r0, x0 - c0 : x1 - c0] = unit[
+                    y0 - ur * uh : y1 - ur * uh, x0 - uc * uw : x1 - uc * uw
+                ]
+        return out
+
+    def _unit(self, href: str, bidx: int, ur: int, uc: int, uh: int, uw: int) -> np.ndarray:
+        key = (href, bidx, ur, uc)
+        with self._lock:
+            future = self._units.get(key)
+            mine = future is None
+            if mine:
+                future = self._units[key] = Future()
+            else:
+                self._units.move_to_end(key)
+        if not mine:
+            return future.result()
+        try:
+            ds = self.open(href)
+            x0, y0 = uc * uw, ur * uh
+            window = Window(x0, y0, min(uw, ds.width - x0), min(uh, ds.height - y0))
+            data = ds.read(bidx, window=window)
+            if data.dtype.kind == "f" and data.dtype != np.float32:
+                data = data.astype(np.float32)
+        except BaseException as e:
+            future.set_exception(e)
+            raise
+        future.set_result(data)
+        with self._lock:
+            self._held += data.nbytes
+            while self._held > self.max_bytes and len(self._units) > 1:
+                old_key, old = next(iter(self._units.items()))
+                if not old.done():
+                    break
+                del self._units[old_key]
+                if old.exception() is None:
+                    self._held -= old.result().nbytes
+        return data
+
     def close(self) -> None:
         """Close every dataset of every thread (when no thread reads any more)."""
         with self._lock:
             for open_ in self._all:
                 while open_:
                     open_.popitem()[1].close()
+            self._units.clear()
+            self._held = 0
 
 
 def _whole(v: float) -> int | None:

@@ -19,7 +19,9 @@ What a token can know, each switched by the config (``ModelConfig``):
 The interface is timm's: ``forward_features`` -> (B, 1 + N, D) tokens, ``pool`` -> (B, D) (the
 class token), ``forward_head`` (identity: no classifier here; ``modules/heads`` hold the task
 heads). The MAE wraps this same object and calls ``forward_features(x, ids_keep)`` with only the
-kept tokens; probes, kNN and figures call ``forward_features`` / ``forward``.
+kept tokens; probes, kNN and figures call ``forward_features`` / ``forward``. With
+``model.fused_attn`` (the fused paths) only the kept patches are embedded and their encodings
+gathered to them; the readable path embeds every patch and then drops the removed ones, as MAE.
 
 Design choices, as MAE unless configured otherwise: fixed sincos positional encoding, pre-norm
 blocks, xavier_uniform init of every Linear and of the patch projection viewed as a Linear,
@@ -80,6 +82,9 @@ class GeoViTBackbone(nn.Module):
         self.patch_size = cfg.patch_size
         self.in_chans = cfg.in_chans
         self.grad_checkpointing = cfg.grad_checkpointing
+        # the fused path embeds only the tokens it keeps (the patch embedding commutes with
+        # dropping tokens); the readable one embeds all, as MAE, then drops
+        self.embed_kept_only = cfg.fused_attn
 
         # what: patches (tubelets) of every date -> (B, N, D)
         frames = dict(num_frames=cfg.num_frames, tubelet_size=cfg.tubelet_size)
@@ -141,26 +146,36 @@ class GeoViTBackbone(nn.Module):
         dates: Tensor | None = None,
         latlon: Tensor | None = None,
         wavelengths: Tensor | None = None,
+        ids_keep: Tensor | None = None,
     ) -> Tensor:
-        """Patch tokens of ``x`` (B, C, H, W) or (B, T, C, H, W) with every encoding: (B, N, D)."""
+        """Patch tokens of ``x`` (B, C, H, W) or (B, T, C, H, W) with every encoding: (B, N, D).
+
+        ``ids_keep`` (B, N'): only these tokens, (B, N', D); the patch embedding then embeds only
+        them, and the encodings of their positions are gathered to them.
+        """
+        B = x.shape[0]
+        kept = {} if ids_keep is None else {"ids_keep": ids_keep}
         if wavelengths is None:
-            x = self.patch_embed(x)  # (B, N, D)
+            x = self.patch_embed(x, **kept)  # (B, N, D), or (B, N', D)
         elif isinstance(self.patch_embed, SpectralPatchEmbed):
-            x = self.patch_embed(x, wavelengths)  # (B, N, D)
+            x = self.patch_embed(x, wavelengths, **kept)  # (B, N, D), or (B, N', D)
         else:
             raise ValueError(
                 "wavelengths were given but this encoder has a fixed band set; build it with "
                 "model.patch_embed: spectral to take any bands"
             )
-        B, N, D = x.shape
+        D = x.shape[-1]
         t, L = self.patch_embed.frames, self.patch_embed.num_patches
-        x = x.reshape(B, t, L, D)  # (B, T/tt, L, D)
-        x = x + self.pos_embed()[:, None] + self.frame_embed  # + (1, 1, L, D) + (1, T/tt, 1, D)
+        # where in the image + which frame, + when, + where on Earth: (B | 1, T/tt, L, D)
+        enc = self.pos_embed()[:, None] + self.frame_embed  # (1, 1, L, D) + (1, T/tt, 1, D)
         if self.temporal_embed is not None or dates is not None:
-            x = x + self._date_term(dates, B)  # + (B, T/tt, 1, D)
+            enc = enc + self._date_term(dates, B)  # + (B, T/tt, 1, D)
         if self.location_embed is not None or latlon is not None:
-            x = x + self._place_term(latlon, B)  # + (B, 1, 1, D)
-        return x.reshape(B, N, D)
+            enc = enc + self._place_term(latlon, B)  # + (B, 1, 1, D)
+        enc = enc.reshape(-1, t * L, D).expand(B, -1, -1)  # (B, N, D)
+        if ids_keep is not None:
+            enc = torch.gather(enc, 1, ids_keep[..., None].expand(-1, -1, D))  # (B, N', D)
+        return x + enc
 
     def _date_term(self, dates: Tensor | None, B: int) -> Tensor:
         T, tt = self.patch_embed.num_frames, self.patch_embed.tubelet_size
@@ -200,10 +215,15 @@ class GeoViTBackbone(nn.Module):
         to keep (the MAE's visible patches); the class token is always first. ``dates``,
         ``latlon`` and ``wavelengths`` as in :meth:`embed_tokens`.
         """
-        x = self.embed_tokens(x, dates=dates, latlon=latlon, wavelengths=wavelengths)
-        B, N, D = x.shape  # positions are added before tokens are dropped
-        if ids_keep is not None:
-            x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, D))  # (B, N', D)
+        meta = dict(dates=dates, latlon=latlon, wavelengths=wavelengths)
+        if ids_keep is not None and self.embed_kept_only:
+            x = self.embed_tokens(x, ids_keep=ids_keep, **meta)  # (B, N', D): kept ones only
+        else:  # MAE's order: embed every patch, add its position, then drop the removed ones
+            x = self.embed_tokens(x, **meta)  # (B, N, D)
+            if ids_keep is not None:
+                D = x.shape[-1]
+                x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, D))  # (B, N', D)
+        B = x.shape[0]
         cls = self.cls_token.expand(B, -1, -1)  # (B, 1, D)
         x = torch.cat([cls, x], dim=1)  # (B, 1 + N', D)
         for blk in self.blocks:

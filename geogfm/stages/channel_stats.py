@@ -58,14 +58,17 @@ def run(cfg: GeoGFMConfig, *, cache: Path, manifest: Path, out: Path) -> dict:
             f"patch manifest {manifest} has no train rows ({len(rows)} rows in all); rerun "
             "`geogfm patch_manifest` with a lower patch_manifest.val_fraction"
         )
-    cells = sorted(set(train["cell_id"]))
+    cells = sorted(str(c) for c in train["cell_id"].unique())
     for cell_id in cells:
         index.cell(cell_id)  # raises if the manifest is from another cache
     workers = cfg.channel_stats.workers or default_workers()
     log.info("channel stats of %d train windows on %d worker thread(s)", len(train), workers)
-    with ThreadPoolExecutor(1) as pool:  # the fingerprint (file listing) overlaps the pass
+    # one pool for both: the fingerprint (a file listing) runs beside the first chunks' decoding
+    with ThreadPoolExecutor(max(workers, 2), thread_name_prefix="channel_stats") as pool:
         fingerprint = pool.submit(cache_fingerprint, cache)
-        summary = summarize_channels(index, train, workers=workers)
+        summary = summarize_channels(
+            index, train, workers=workers, pool=pool if workers > 1 else None
+        )
         fingerprint = fingerprint.result()
     stats = stats_from_summary(
         summary,

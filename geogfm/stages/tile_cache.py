@@ -42,7 +42,10 @@ from geogfm.core.errors import DataError
 from geogfm.core.io import replace_dir, write_json
 from geogfm.data import tile_cache as _tile_cache
 from geogfm.data import tile_items as _tile_items
+from geogfm.data import tile_load as _tile_load
 from geogfm.data import tile_reader as _tile_reader
+from geogfm.data import tile_resample as _tile_resample
+from geogfm.data import tile_store as _tile_store
 from geogfm.data.datasets import sentinel2 as _sentinel2
 from geogfm.data.tile_cache import (
     CACHE_NODATA,
@@ -52,18 +55,21 @@ from geogfm.data.tile_cache import (
     check_items,
     choose_epsg,
     item_footprints,
-    load_cell,
     plan_cells,
-    write_cell,
 )
+from geogfm.data.tile_load import load_cell
 from geogfm.data.tile_reader import GDAL_OPTIONS, BandSource, SourceCache
+from geogfm.data.tile_store import write_cell
 
 __all__ = ["run"]
 
 log = logging.getLogger(__name__)
 
-_FORMAT = 2  # of the cells' content; part of the fingerprint, so a new format rebuilds old cells
-_PIXEL_CODE = (_tile_cache, _tile_items, _tile_reader, _sentinel2, sys.modules[__name__])
+_FORMAT = 3  # of the cells' content; part of the fingerprint, so a new format rebuilds old cells
+_PIXEL_CODE = (
+    _tile_cache, _tile_items, _tile_load, _tile_reader, _tile_resample, _tile_store, _sentinel2,
+    sys.modules[__name__],
+)  # fmt: skip
 
 
 def _query_bbox(items_path: Path) -> list[float] | None:
@@ -242,10 +248,11 @@ def run(cfg: GeoGFMConfig, *, items: Path, out: Path) -> dict[str, Any]:
     srcs = check_items(found, tc.bands)
     bbox = _query_bbox(items)
     epsg = choose_epsg(found, tc.crs)
-    cells = plan_cells(
-        found, epsg=epsg, resolution=tc.resolution, cell_size=tc.cell_size, bbox=bbox
-    )
     footprints = item_footprints(found, epsg)
+    cells = plan_cells(
+        found, epsg=epsg, resolution=tc.resolution, cell_size=tc.cell_size, bbox=bbox,
+        footprints=footprints,
+    )  # fmt: skip
     fingerprint = _fingerprint(tc, epsg, cells, found, srcs)
     stage, done = _open_staging(out, fingerprint)
     todo = [c for c in cells if c.id not in done]

@@ -1,10 +1,11 @@
-"""The fast paths give the readable path's numbers: fused attention, bf16 autocast, torch.compile,
-activation checkpointing."""
+"""The fast paths give the readable path's numbers: fused attention, kept-only patch embedding,
+bf16 autocast, torch.compile, the fused optimizer step, activation checkpointing."""
 
 import pytest
 import torch
 
 from geogfm.core.config import ModelConfig
+from geogfm.models.fast import CompiledMAE, TrainStep, band_fastest
 from geogfm.models.gfm_mae import MaskedAutoencoder
 from geogfm.models.gfm_vit import GeoViTBackbone, gfm_vit_tiny
 
@@ -88,3 +89,69 @@ def test_activation_checkpointing_same_gradients(drop_path: float) -> None:
         loss.backward()
         grads[ckpt] = (loss, _grads(model))
     torch.testing.assert_close(grads[True], grads[False])
+
+
+def test_band_fastest_keeps_values_and_puts_bands_last_in_memory() -> None:
+    for shape in [(2, 5, 4, 6), (2, 3, 5, 4, 6)]:
+        x = torch.randn(shape)
+        y = band_fastest(x)
+        assert torch.equal(y, x) and y.stride(-3) == 1  # same values; bands adjacent in memory
+        assert y.permute(*range(y.ndim - 3), -2, -1, -3).is_contiguous()
+        assert band_fastest(y).data_ptr() == y.data_ptr()  # no copy when already so
+
+
+def _optimizer(model: torch.nn.Module, **kind) -> torch.optim.AdamW:
+    return torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, **kind)
+
+
+def _close_params(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    # AdamW's step m / sqrt(v) is about +-lr whatever the gradient's size, so a weight whose
+    # gradient is ~0 can move by up to lr on float rounding alone: compare to a tenth of a step
+    torch.testing.assert_close(list(a.parameters()), list(b.parameters()), atol=1e-4, rtol=1e-4)
+
+
+def _train(fused: bool, steps: int = 3, **step_kw) -> tuple[list[torch.Tensor], MaskedAutoencoder]:
+    # readable: explicit attention, every patch embedded, AdamW's per-parameter loop; fast: SDPA,
+    # kept patches only, AdamW's fused kernel
+    model = _mae(_tiny(depth=2, fused_attn=fused))
+    opt = _optimizer(model, **({"fused": True} if fused else {"foreach": False}))
+    step = TrainStep(model, opt, generator=torch.Generator().manual_seed(0), **step_kw)
+    imgs, valid = _batch()
+    return [step(imgs, valid) for _ in range(steps)], model
+
+
+def test_fused_train_steps_equal_readable_train_steps() -> None:
+    losses, readable = _train(fused=False, compile=False)
+    fused_losses, fused = _train(fused=True, compile=False)
+    torch.testing.assert_close(fused_losses, losses)
+    _close_params(fused, readable)
+    assert losses[-1] < losses[0]  # and they trained
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "aot_eager",  # Dynamo's graph and AOTAutograd's joint forward-backward, run eagerly
+        pytest.param("inductor", marks=pytest.mark.slow),  # + Inductor's code (~1-2 min cold)
+    ],
+)
+def test_compiled_train_steps_equal_readable_train_steps(backend: str) -> None:
+    # the benchmark's "compiled" variant: fullgraph, band-fastest images, fused AdamW
+    torch._dynamo.reset()
+    losses, readable = _train(fused=False, compile=False)
+    options = {"backend": backend}
+    compiled_losses, compiled = _train(fused=True, compile=True, compile_options=options)
+    torch.testing.assert_close(compiled_losses, losses)
+    _close_params(compiled, readable)
+
+
+def test_compiled_mae_wraps_the_model() -> None:
+    model = _mae(_tiny(depth=1))
+    net = CompiledMAE(model, backend="eager")
+    assert net.module is model  # what training.steps.unwrap finds
+    assert [id(p) for p in net.parameters()] == [id(p) for p in model.parameters()]
+    imgs, valid = _batch()
+    noise = model.masking_noise(2, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(net(imgs, valid, noise=noise), model(imgs, valid, noise=noise))
+    with net.no_sync():  # a no-op without DDP, so a loop may call it either way
+        pass

@@ -164,3 +164,35 @@ def test_spectral_backbone_takes_another_band_set() -> None:
         _cfg(in_chans=4, patch_embed="spectral")
     with pytest.raises(ValueError, match="fixed band set; build it with model.patch_embed"):
         GeoViTBackbone(_cfg())(torch.randn(1, 13, 16, 16), wavelengths=wl)
+
+
+@pytest.mark.parametrize("patch_embed", ["conv", "linear", "spectral"])
+def test_embedding_only_kept_tokens_equals_embed_then_drop(patch_embed: str) -> None:
+    # the fused path embeds only the kept patches and gathers their encodings; the readable path
+    # embeds every patch, adds the encodings and drops the removed tokens: the same tokens
+    bands = ["blue", "green", "red", "nir"]
+    cfg = _cfg(
+        in_chans=4,
+        patch_embed=patch_embed,
+        wavelengths=band_wavelengths(bands),
+        num_frames=2,
+        temporal_encoding=True,
+        location_encoding=True,
+    )
+    torch.manual_seed(0)
+    enc = GeoViTBackbone(cfg)
+    x = torch.randn(2, 2, 4, 16, 16)
+    meta = dict(
+        dates=date_features([["2021-08-14", "2021-11-02"], ["2022-02-20", "2022-05-11"]]),
+        latlon=torch.tensor([[46.0, 15.0], [-3.5, 120.0]]),
+    )
+    ids_keep = torch.stack([torch.randperm(32)[:8], torch.randperm(32)[:8]])  # (B, N')
+    out = {}
+    for kept_only in (True, False):
+        enc.embed_kept_only = kept_only
+        enc.zero_grad()
+        feats = enc.forward_features(x, ids_keep, **meta)
+        feats.square().sum().backward()
+        out[kept_only] = (feats, [p.grad.clone() for p in enc.parameters()])
+    assert out[True][0].shape == (2, 1 + 8, 32)
+    torch.testing.assert_close(out[True], out[False])

@@ -180,17 +180,45 @@ def test_the_result_does_not_depend_on_the_number_of_workers(computed, tile_cach
     assert outs[0].read_bytes() == outs[1].read_bytes() == outs[2].read_bytes()
 
 
-def test_reads_of_several_chunks_at_once_give_the_same_sums(tile_cache):
+def test_each_chunk_with_train_windows_is_read_once(tile_cache):
     index = load_cache_index(tile_cache)
     rows = read_manifest(make_manifest(tile_cache, tile_cache.parent / "m", stride=8))
     train = rows[rows["split"] == "train"]
-    one = summarize_channels(index, train, workers=1, max_bytes=1)  # a chunk per read
-    many = summarize_channels(index, train, workers=2)
-    assert one.reads > many.reads
-    np.testing.assert_array_equal(one.hist, many.hist)
-    np.testing.assert_array_equal(one.moments.count, many.moments.count)
-    np.testing.assert_allclose(one.moments.mean, many.moments.mean, rtol=1e-14)
-    np.testing.assert_allclose(one.moments.m2, many.moments.m2, rtol=1e-12)
+    summary = summarize_channels(index, train, workers=2)
+    chunks = set()  # (cell, t, chunk row, chunk col) touched by a train window; 32 px chunks
+    for r in train.itertuples():
+        for y in range(r.row // 32, (r.row + r.size - 1) // 32 + 1):
+            for x in range(r.col // 32, (r.col + r.size - 1) // 32 + 1):
+                chunks.add((r.cell_id, r.time_index, y, x))
+    assert summary.reads == len(chunks)
+    assert summary.scenes == train.groupby(["cell_id", "time_index"]).ngroups
+
+
+def test_reading_through_zarr_gives_the_same_summary(tile_cache, monkeypatch):
+    # the direct chunk decoding and zarr's own reads (any other layout) count the same pixels
+    index = load_cache_index(tile_cache)
+    train = read_manifest(make_manifest(tile_cache, tile_cache.parent / "m2", stride=8))
+    train = train[train["split"] == "train"]
+    direct = summarize_channels(index, train, workers=2)
+    monkeypatch.setattr("geogfm.data.cache_reader._direct_decoder", lambda meta: None)
+    through_zarr = summarize_channels(index, train, workers=2)
+    np.testing.assert_array_equal(direct.hist, through_zarr.hist)
+    np.testing.assert_array_equal(direct.moments.m2, through_zarr.moments.m2)
+    assert direct.reads == through_zarr.reads
+
+
+def test_summaries_merge_exactly(tile_cache):
+    # two passes over disjoint pixel sets merge into the pass over both
+    index = load_cache_index(tile_cache)
+    train = read_manifest(make_manifest(tile_cache, tile_cache.parent / "m3"))
+    train = train[train["split"] == "train"]
+    first, second = (train[train["time_index"] == 0], train[train["time_index"] > 0])
+    whole = summarize_channels(index, train)
+    merged = summarize_channels(index, first).merge(summarize_channels(index, second))
+    np.testing.assert_array_equal(merged.hist, whole.hist)
+    np.testing.assert_array_equal(merged.moments.mean, whole.moments.mean)
+    np.testing.assert_array_equal(merged.moments.m2, whole.moments.m2)
+    assert (merged.reads, merged.scenes) == (whole.reads, whole.scenes)
 
 
 def test_stats_are_deterministic_and_written_atomically(computed, tile_cache, tmp_path):
@@ -220,9 +248,40 @@ def test_chan_merge_matches_numpy_on_any_split():
         np.testing.assert_allclose(m.m2 / 5000, x.var(axis=1), rtol=1e-12)
 
 
+def test_moments_of_a_histogram_are_the_exact_moments_rounded_once():
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 65536, (4, 20000))
+    hist = np.stack([np.bincount(row, minlength=N_BINS) for row in x])
+    m = Moments.of_histogram(hist)
+    for b, row in enumerate(x.tolist()):
+        n, s, q = len(row), sum(row), sum(v * v for v in row)
+        assert m.count[b] == n
+        assert m.mean[b] == s / n  # Python ints: the exact value rounded once
+        assert m.m2[b] == (n * q - s * s) / n
+
+
+def test_moments_of_a_histogram_stay_exact_past_the_uint64_range():
+    # 5e9 pixels at DN 65535 and 3e9 at DN 1: n * 65535**2 overflows uint64, Python ints do not
+    hist = np.zeros((2, N_BINS), np.int64)
+    hist[0, 65535], hist[0, 1] = 5_000_000_000, 3_000_000_000
+    hist[1, 7] = 1
+    m = Moments.of_histogram(hist)
+    n, s = 8_000_000_000, 5_000_000_000 * 65535 + 3_000_000_000
+    q = 5_000_000_000 * 65535**2 + 3_000_000_000
+    assert m.count.tolist() == [n, 1]
+    assert m.mean.tolist() == [s / n, 7.0]
+    assert m.m2.tolist() == [(n * q - s * s) / n, 0.0]
+
+
+def test_moments_of_sums_with_no_pixels_are_zero():
+    m = Moments.of_sums([0, 2], [0, 6], [0, 20])
+    assert m.count.tolist() == [0, 2] and m.mean.tolist() == [0.0, 3.0]
+    assert m.m2.tolist() == [0.0, 2.0]
+
+
 def test_union_mask_matches_painting_the_windows():
     rng = np.random.default_rng(3)
-    for n in (0, 1, 5, 40):
+    for n in (0, 1, 5, 40, 600):  # painted one by one, and through the difference array
         rows, cols = rng.integers(-20, 50, n), rng.integers(-20, 70, n)
         sizes = rng.integers(1, 30, n)
         expected = np.zeros((40, 60), bool)

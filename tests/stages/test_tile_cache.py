@@ -23,6 +23,7 @@ import xarray as xr
 from pyproj import Transformer
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
+from scipy.ndimage import map_coordinates
 
 from geogfm.core.config import config_from_dict
 from geogfm.core.errors import ConfigError, DataError
@@ -410,31 +411,64 @@ def test_demo_same_day_tiles_of_two_zones_make_one_time_step(demo):
     assert seen == {i.id for i in items}
 
 
-def test_demo_cache_is_the_native_tile_else_the_warped_other_zone(demo):
+def _bilinear(href: str, cell: dict) -> np.ndarray:
+    """Plain 4-tap bilinear of a file at the cell's pixel centres, mapped exactly by PROJ; NaN
+    where a tap is nodata or outside the file (an implementation independent of the cache's)."""
+    minx, _, _, maxy = cell["bounds"]
+    h, w = cell["shape"]
+    with rasterio.open(href) as src:
+        data = src.read(1).astype(float)
+        to_src = Transformer.from_crs(cell["crs"], src.crs, always_xy=True)
+        inv = ~src.transform
+    data[data == 0] = np.nan
+    jj, ii = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    x, y = to_src.transform(minx + 10 * jj, maxy - 10 * ii)
+    col, row = inv * (x, y)
+    return map_coordinates(data, [row - 0.5, col - 0.5], order=1, mode="constant", cval=np.nan)
+
+
+def test_demo_cache_is_the_native_tile_else_the_other_zone_resampled(demo):
     """Every valid cached value is the native tile's (GDAL warp = plain read at 10 m), or where
-    that is not valid, the other zone's tile warped by GDAL, offset removed once."""
+    that is not valid, the other zone's tile resampled bilinear, offset removed once.
+
+    The other zone's values are a plain 4-tap bilinear (to 1 DN of an independent one), not
+    GDAL's: GDAL takes the 4.3 degree rotation between the zones for a 7 % downsampling and
+    widens its kernel by that much, so it differs by a few DN (bounded here). Valid pixels are
+    exactly where GDAL's warp has data."""
     items = {i.id: i for i in pystac.ItemCollection.from_file(str(demo / "stac" / "items.json"))}
-    counts = {"native": 0, "other": 0}
+    counts = {"native": 0, "other": 0, "inner": 0}
+    gdal_diff = []
     for cell in _index(demo / "cache")["cells"]:
         ds = xr.open_zarr(demo / "cache" / f"{cell['id']}.zarr", consolidated=False)
         refl, valid = ds.reflectance.values.astype(int), ds.valid.values
         for t, ids in enumerate(str(i).split(",") for i in ds.item_id.values):
-            expected = np.zeros_like(refl[t])
             filled = np.zeros(cell["shape"], bool)
             for item_id in ids:
                 item = items[item_id]
                 offset = 1000 if item.properties["s2:processing_baseline"] >= "04.00" else 0
-                dn = np.stack(
-                    [_warp(item.assets[b].href, cell, Resampling.bilinear) for b in DEMO_BANDS]
-                ).astype(int)
+                hrefs = [item.assets[b].href for b in DEMO_BANDS]
+                dn = np.stack([_warp(h, cell, Resampling.bilinear) for h in hrefs]).astype(int)
                 scl = _warp(item.assets["scl"].href, cell, Resampling.nearest)
                 ok = (dn > 0).all(0) & ~np.isin(scl, MASK) & ~filled
-                expected[:, ok] = np.clip(dn[:, ok] - offset, 1, None)
+                got = refl[t][:, ok]
+                if "_33T" in item_id:  # the grid's own zone: exactly the source pixels
+                    np.testing.assert_array_equal(got, np.clip(dn[:, ok] - offset, 1, None))
+                else:
+                    exact = np.stack([_bilinear(h, cell) for h in hrefs])[:, ok]
+                    inner = ~np.isnan(exact).any(0)  # all four taps have data
+                    expected = np.clip(np.floor(exact[:, inner] + 0.5) - offset, 1, None)
+                    assert (np.abs(got[:, inner] - expected) <= 1).all()
+                    counts["inner"] += int(inner.sum())
+                    gdal_diff.append(np.abs(got - np.clip(dn[:, ok] - offset, 1, None)).ravel())
                 counts["native" if "_33T" in item_id else "other"] += int(ok.sum())
                 filled |= ok
             np.testing.assert_array_equal(valid[t], filled, err_msg=f"{cell['id']} {t}")
-            np.testing.assert_array_equal(refl[t][:, filled], expected[:, filled])
     assert counts["native"] > 20_000 and counts["other"] > 5_000, counts
+    assert counts["inner"] > 0.9 * counts["other"], counts
+    gdal_diff = np.concatenate(gdal_diff)
+    assert np.median(gdal_diff) <= 3 and np.percentile(gdal_diff, 99) <= 40, (
+        np.median(gdal_diff), np.percentile(gdal_diff, 99),
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- atomic, resumable

@@ -117,6 +117,7 @@ class ReconstructionHead(nn.Module):
                 x = checkpoint(blk, x, use_reentrant=False)  # keep only x, recompute in backward
             else:
                 x = blk(x)
+        x = x[:, 1:]  # (B, L, Dd), class token dropped: it predicts no pixels
         x = self.decoder_norm(x)
-        x = self.decoder_pred(x)  # (B, 1 + L, p*p*C)
-        return x[:, 1:]  # (B, L, p*p*C), class token dropped
+        x = self.decoder_pred(x)  # (B, L, p*p*C)
+        return x

@@ -29,20 +29,26 @@ from torch import Tensor
 __all__ = ["mae_loss", "patch_moments"]
 
 
-def patch_moments(target: Tensor, weight: Tensor, *, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+def patch_moments(
+    target: Tensor, weight: Tensor, *, eps: float = 1e-6, dims: tuple[int, ...] = (-1,)
+) -> tuple[Tensor, Tensor]:
     """Mean and std of each patch's valid values, the ``norm_pix`` standardisation.
 
     Args:
-        target: patches (B, L, K), invalid values already zeroed.
-        weight: (B, L, K) float, 1 = valid value.
+        target: patches (B, L, K), invalid values already zeroed; or (B, L, p*p, C) with
+            ``dims=(-2, -1)``.
+        weight: 1 = valid value, broadcastable to ``target``: (B, L, K), or (B, L, p*p, 1) for
+            one weight per pixel.
         eps: added to the (unbiased) variance.
+        dims: the dimensions that hold one patch's values.
 
     Returns:
-        mean and ``sqrt(var + eps)``, each (B, L, 1); ``pred * std + mean`` undoes ``norm_pix``.
+        mean and ``sqrt(var + eps)``, each (B, L, 1) (or (B, L, 1, 1)); ``pred * std + mean``
+        undoes ``norm_pix``.
     """
-    n = weight.sum(dim=-1, keepdim=True)  # (B, L, 1) valid values per patch
-    mean = (weight * target).sum(dim=-1, keepdim=True) / n.clamp_min(1.0)
-    var = (weight * (target - mean) ** 2).sum(dim=-1, keepdim=True) / (n - 1).clamp_min(1.0)
+    n = weight.expand_as(target).sum(dim=dims, keepdim=True)  # (B, L, 1) valid values per patch
+    mean = (weight * target).sum(dim=dims, keepdim=True) / n.clamp_min(1.0)
+    var = (weight * (target - mean) ** 2).sum(dim=dims, keepdim=True) / (n - 1).clamp_min(1.0)
     return mean, (var + eps) ** 0.5
 
 
@@ -75,23 +81,23 @@ def mae_loss(
     assert mask.shape == (B, L), f"mask {tuple(mask.shape)} != {(B, L)}"
     pred, target = pred.float(), target.float()  # the loss in fp32 under AMP
 
-    if valid is None:
-        weight = torch.ones_like(target)  # (B, L, K)
-    else:
-        weight = valid.to(torch.float32)
-        pp = weight.shape[-1]
-        assert weight.shape[:2] == (B, L) and K % pp == 0, (
-            f"valid {tuple(valid.shape)} vs {B, L, K}"
-        )
-        if pp != K:  # one weight per pixel -> repeat it over the C bands (band is the fastest axis)
-            weight = weight[..., None].expand(B, L, pp, K // pp).reshape(B, L, K)  # (B, L, K)
+    # one weight per pixel, broadcast over the bands: values as (B, L, pixels, bands) and weights
+    # (B, L, pixels, 1), never copied C times (band is the fastest axis of a patch); no valid
+    # mask: one weight of 1 per patch, (B, L, 1, 1)
+    ones = target.new_ones(B, L, 1, 1)
+    weight = ones if valid is None else valid.to(torch.float32)[..., None]  # (B, L, pp, 1)
+    pp = weight.shape[2]
+    assert weight.shape[:2] == (B, L) and K % pp == 0, f"valid {tuple(weight.shape)} vs {B, L, K}"
+    pred = pred.reshape(B, L, pp, K // pp)  # (B, L, pp, C)
+    target = target.reshape(B, L, pp, K // pp)
+    if valid is not None:
         target = torch.where(weight > 0, target, 0.0)  # nodata may hold anything, even NaN
 
     if norm_pix:
-        mean, std = patch_moments(target, weight, eps=eps)  # (B, L, 1) each
-        target = (target - mean) / std  # (B, L, K)
+        mean, std = patch_moments(target, weight, eps=eps, dims=(-2, -1))  # (B, L, 1, 1) each
+        target = (target - mean) / std  # (B, L, pp, C)
 
-    weight = weight * mask[..., None].to(torch.float32)  # (B, L, K): removed and valid
-    sq_err = (pred - target) ** 2  # (B, L, K)
-    total = weight.sum()
+    weight = weight * mask[..., None, None].to(torch.float32)  # (B, L, pp, 1): removed and valid
+    sq_err = (pred - target) ** 2  # (B, L, pp, C)
+    total = weight.sum() * (K // pp)  # removed and valid values
     return (weight * sq_err).sum() / total.clamp_min(torch.finfo(torch.float32).tiny)

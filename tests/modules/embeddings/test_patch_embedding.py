@@ -164,3 +164,27 @@ def test_spectral_wavelength_count_error() -> None:
     pe = _spectral()
     with pytest.raises(ValueError, match=r"input has 4 bands but \(10,\) wavelengths"):
         pe(torch.randn(1, 4, 8, 12))
+
+
+# ------------------------------------------------------------------- embedding only the kept tokens
+
+
+@pytest.mark.parametrize(("linear", "T", "tt"), [(False, 1, 1), (True, 1, 1), (False, 2, 2)])
+def test_kept_tokens_equal_embed_then_drop(linear: bool, T: int, tt: int) -> None:
+    torch.manual_seed(0)
+    # a convolution embeds kept tokens by its weights read as a Linear (D, tt*p*p*C)
+    kw = dict(num_frames=T, tubelet_size=tt, linear=linear)
+    pe = PatchEmbed((8, 12), 4, in_chans=5, embed_dim=6, **kw)
+    x = torch.randn(2, T, 5, 8, 12)
+    ids_keep = torch.stack([torch.randperm(6)[:4], torch.randperm(6)[:4]])  # (B, N')
+    want = torch.gather(pe(x), 1, ids_keep[..., None].expand(-1, -1, 6))
+    torch.testing.assert_close(pe(x, ids_keep), want)
+
+
+def test_spectral_kept_tokens_equal_embed_then_drop() -> None:
+    torch.manual_seed(0)
+    pe = SpectralPatchEmbed(8, 4, 6, band_wavelengths(["blue", "red", "nir"]))
+    x = torch.randn(2, 3, 8, 8)
+    ids_keep = torch.tensor([[3, 0], [1, 2]])
+    want = torch.gather(pe(x), 1, ids_keep[..., None].expand(-1, -1, 6))
+    torch.testing.assert_close(pe(x, ids_keep=ids_keep), want)

@@ -1,0 +1,421 @@
+"""Loading one tile-cache cell: every item that overlaps it, one solar day at a time, in cache DN.
+
+For each cell, :func:`load_cell` reads the items that overlap it one solar day at a time, every
+band onto the cell's grid: reflectance with the configured kernel (bilinear by default), ``scl``
+with nearest, whatever the item's own CRS and resolution. Bands on one source grid (an MGRS tile's
+10 m bands, its 20 m bands, ...) are resampled together, with a plan made once per cell and reused
+for every date (:mod:`geogfm.data.tile_resample`); the pixels come from
+:meth:`~geogfm.data.tile_reader.SourceCache.window`, which decodes each file once for all cells.
+Each item's DN are turned into reflectance with *that item's* ``raster:bands`` scale and offset
+(or, where a catalog has none, the Sentinel-2 rule: scale 1e-4 and the processing-baseline
+offset), then re-encoded to the one cache encoding ``reflectance = DN * 1e-4``: the +1000 DN of
+baseline 04.00 is removed exactly once, valid data are clipped to 1..65535 and 0 stays "no data".
+A pixel is valid when every band has data and its ``scl`` class is not masked.
+
+Items of one solar day (a datatake cut into tiles, often in two UTM zones) become one time step:
+items on the cell's own grid first (they are not resampled twice), then the others, each group by
+``(datetime, id)``; a pixel takes the first item where it is valid, else the first with data. An
+item of the same datatake (same datetime and platform) as one already merged sees the same clouds,
+so it can only fill pixels without data: when there are none it is not read at all. Days without a
+valid pixel are dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pystac
+import xarray as xr
+from odc.geo.geobox import GeoBox
+from odc.geo.geom import Geometry
+from rasterio.features import geometry_mask
+
+from geogfm.core.errors import DataError
+from geogfm.data.datasets.sentinel2 import band, unknown_scl_classes
+from geogfm.data.stac import item_datetime
+from geogfm.data.tile_cache import (
+    CACHE_NODATA,
+    CACHE_OFFSET,
+    CACHE_SCALE,
+    SCL_BAND,
+    Cell,
+    to_cache_dn,
+)
+from geogfm.data.tile_items import item_epsg
+from geogfm.data.tile_reader import READ_ERRORS, BandSource, SourceCache, read_band, read_error
+from geogfm.data.tile_resample import plan
+
+__all__ = ["CellResult", "FailedRead", "UnreadableAsset", "load_cell"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FailedRead:
+    """An item left out of a cell because one of its assets could not be read."""
+
+    item: str  #: item id
+    asset: str  #: asset key
+    href: str  #: the file or URL
+    error: str  #: what GDAL said
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """What :func:`load_cell` made of a cell."""
+
+    dataset: xr.Dataset | None  #: the cell's dataset, or ``None``: no time step has a valid pixel
+    failed: tuple[FailedRead, ...] = ()  #: items skipped as unreadable (``fail_on_error=False``)
+    pixels_with_data: int = 0  #: (time, y, x) pixels with data, valid or masked
+    stats: dict[str, int] = field(default_factory=dict)  #: items read and skipped, for the log
+
+
+class UnreadableAsset(DataError):
+    """An asset that cannot be read (``fail_on_error=True``); the message names it and the fix."""
+
+    def __init__(self, item: pystac.Item, failure: FailedRead) -> None:
+        self.failure = failure
+        super().__init__(
+            f"item {item.id!r} asset {failure.asset!r} cannot be read ({failure.href}): "
+            f"{failure.error}. The file is missing, truncated or corrupt: download it again (rerun "
+            "stac_query for a fresh copy), or set tile_cache.fail_on_error: false to skip "
+            "unreadable items, at most tile_cache.max_failed_fraction of them"
+        )
+
+
+def _solar_day(t: dt.datetime, lon: float) -> dt.date:
+    # As odc-stac's groupby="solar_day": UTC shifted by whole hours of longitude / 15.
+    return (t + dt.timedelta(hours=int(lon / 15))).date()
+
+
+def _solar_day_groups(
+    items: Sequence[pystac.Item], lon: float, epsg: int
+) -> list[list[pystac.Item]]:
+    """Items by solar day, days in order; in a day, items on the grid's own CRS first."""
+    groups: dict[dt.date, list[pystac.Item]] = {}
+    for item in sorted(items, key=lambda i: (item_epsg(i) != epsg, item_datetime(i), i.id)):
+        groups.setdefault(_solar_day(item_datetime(item), lon), []).append(item)
+    return [groups[d] for d in sorted(groups)]
+
+
+def _inside(footprint: Geometry, geobox: GeoBox) -> np.ndarray:
+    """``(H, W)`` mask of the cell pixels a footprint touches."""
+    return geometry_mask(
+        [footprint.geom], out_shape=geobox.shape, transform=geobox.affine, all_touched=True,
+        invert=True,
+    )  # fmt: skip
+
+
+def _take(item: pystac.Item) -> tuple[dt.datetime, str]:
+    return item_datetime(item), str(item.properties.get("platform", "")).lower()
+
+
+def _read_item(
+    sources: SourceCache,
+    item: pystac.Item,
+    srcs: Mapping[str, BandSource],
+    geobox: GeoBox,
+    bands: Sequence[str],
+    resampling: str,
+    masked: np.ndarray,
+    plans: dict,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One item on a cell: cache DN ``(C, H, W)``, scl, valid and has-data ``(H, W)``.
+
+    Bands on one source grid are resampled together with one :class:`~.tile_resample.Plan`
+    (kept in ``plans`` for the cell's other items); those without a plan are warped by GDAL.
+
+    Raises:
+        UnreadableAsset: (with the :class:`FailedRead`) if an asset cannot be read.
+        DataError: if the scl layer holds values that are not SCL classes.
+    """
+    C, (H, W) = len(bands), geobox.shape
+    refl = np.empty((C, H, W), dtype=np.uint16)
+    scl = np.zeros((H, W), dtype=np.uint8)
+    src = srcs[SCL_BAND]
+    try:
+        groups: dict[tuple, list[int]] = {}
+        keys = (*bands, SCL_BAND)
+        for c, key in enumerate(keys):
+            src = srcs[key]
+            kernel = "nearest" if key == SCL_BAND else resampling
+            groups.setdefault((sources.grid(src.href), kernel), []).append(c)
+        for (grid, kernel), members in groups.items():
+            if (grid, kernel) not in plans:
+                plans[grid, kernel] = plan(grid, geobox, kernel, centres=plans)
+            p = plans[grid, kernel]
+            if p is None:  # no plan for this kernel and grid: GDAL warps band by band
+                for c in members:
+                    src = srcs[keys[c]]
+                    dn, nodata = read_band(sources, src, geobox, resampling=kernel)
+                    missing = dn == nodata if nodata is not None else None
+                    _store(refl, scl, c, C, dn, missing, src, dn.dtype)
+                continue
+            windows, nodata = [], []
+            for c in members:
+                src = srcs[keys[c]]
+                windows.append(sources.window(src.href, src.bidx, *p.window) if not p.empty() else
+                               np.zeros((0, 0), np.uint16))  # fmt: skip
+                nodata.append(_nodata(sources, src))
+            values, missing = p.resample(windows, nodata)
+            for k, c in enumerate(members):
+                _store(refl, scl, c, C, values[k], missing[k], srcs[keys[c]], windows[k].dtype)
+    except READ_ERRORS as e:
+        failure = FailedRead(item.id, src.asset, src.href, read_error(e))
+        raise UnreadableAsset(item, failure) from e
+    except _NotScl as e:
+        src = srcs[SCL_BAND]
+        raise DataError(
+            f"item {item.id!r} asset {src.asset!r} ({src.href}) holds values {e.values[:10]} that "
+            "are not Sentinel-2 scene classes (0..11), so it is not a scene classification "
+            "(SCL) layer: point the item's 'scl' asset at the L2A SCL file, or use a catalog "
+            "that has one (e.g. Earth Search sentinel-2-l2a)"
+        ) from None
+    has_data = (refl != CACHE_NODATA).any(0)
+    valid = (refl != CACHE_NODATA).all(0) & ~masked[scl]
+    return refl, scl, valid, has_data
+
+
+def _nodata(sources: SourceCache, src: BandSource) -> float | None:
+    """A band's nodata value: ``raster:bands``', else the file's; ``None`` for none or NaN."""
+    nodata = src.nodata if src.nodata is not None else sources.nodata(src.href, src.bidx)
+    return None if nodata is None or math.isnan(nodata) else nodata
+
+
+class _NotScl(Exception):
+    def __init__(self, values: list) -> None:
+        self.values = values
+
+
+def _store(
+    refl: np.ndarray,
+    scl: np.ndarray,
+    c: int,
+    C: int,
+    values: np.ndarray,
+    missing: np.ndarray | None,
+    src: BandSource,
+    source_dtype: np.dtype,
+) -> None:
+    """Put one resampled band into ``refl[c]`` in cache DN, or into ``scl`` when ``c == C``.
+
+    ``values`` are the file's DN (float32 and unrounded where bilinear made them from integers:
+    rounded here half up, as GDAL does); ``missing`` marks pixels without data.
+
+    Raises:
+        _NotScl: if the scl values are not all scene classes.
+    """
+    integer = source_dtype.kind in "ui"
+    if c == C:  # scl: whole classes, no data is class 0
+        if values.dtype.kind == "f" and integer:
+            values = np.floor(values + 0.5)
+        if missing is not None:
+            values = np.where(missing, 0, values)
+        if values.dtype.kind == "f":
+            values = np.where(np.isnan(values), 0, values)
+        if values.size and (values.min() < 0 or values.max() > 11):
+            raise _NotScl(unknown_scl_classes(values))
+        scl[...] = values
+        return
+    out = refl[c]
+    shift = src.offset / CACHE_SCALE
+    whole = src.scale == CACHE_SCALE and abs(shift - round(shift)) < 1e-9
+    if values.dtype.kind == "f" and integer and whole:
+        # the usual case: floor(v + 0.5) + shift clipped to 1..65535, the floor by the cast
+        v = np.add(values, 0.5 + round(shift), dtype=np.float32)
+        np.clip(v, 1, 65535, out=v)
+        out[...] = v
+    else:
+        if values.dtype.kind == "f" and integer:
+            values = np.floor(values + 0.5)
+        out[...] = to_cache_dn(values, scale=src.scale, offset=src.offset, nodata=None)
+    if missing is not None:
+        out[missing] = CACHE_NODATA
+
+
+def load_cell(
+    cell: Cell,
+    items: Sequence[pystac.Item],
+    *,
+    sources: SourceCache,
+    band_srcs: Mapping[str, Mapping[str, BandSource]],
+    bands: Sequence[str],
+    resampling: str = "bilinear",
+    mask_scl_classes: Sequence[int] = (),
+    fail_on_error: bool = True,
+    footprints: Mapping[str, Geometry] | None = None,
+) -> CellResult:
+    """Load one cell: all its items on its grid, in cache DN, one time step per solar day.
+
+    Args:
+        cell: the cell (see :func:`plan_cells`); only its ``item_ids`` are read.
+        items: items by which the cell's ``item_ids`` are resolved.
+        sources: the reading thread's open datasets.
+        band_srcs: item id -> band -> where it is (see :func:`check_items`).
+        bands: asset keys of the bands to cache, in order.
+        resampling: kernel for the bands (``scl`` is always resampled with nearest).
+        mask_scl_classes: SCL classes whose pixels are invalid.
+        fail_on_error: whether an unreadable asset stops the load (``True``) or its item is left
+            out of the cell and reported in :attr:`CellResult.failed`.
+        footprints: item id -> footprint in the cell's CRS (see :func:`item_footprints`); an item
+            whose footprint covers none of the pixels a day still lacks is not read.
+
+    Returns:
+        The cell's dataset (see the tile cache contract: ``reflectance`` (time, band, y, x) uint16,
+        ``valid`` (time, y, x) bool, ``scl`` (time, y, x) uint8, coords ``time``, ``band``, ``y``,
+        ``x``, ``item_id``, ``center_wavelength``, ``spatial_ref``), or ``None`` if no time step
+        has a valid pixel, with the items that failed.
+
+    Raises:
+        UnreadableAsset: with ``fail_on_error``, for the first asset that cannot be read.
+        DataError: if an scl layer holds values that are not SCL classes.
+    """
+    by_id = {i.id: i for i in items}
+    ((lon, _),) = cell.geobox.extent.centroid.to_crs("EPSG:4326").points
+    groups = _solar_day_groups([by_id[i] for i in cell.item_ids], lon, cell.epsg)
+    masked = np.zeros(256, dtype=bool)
+    masked[list(mask_scl_classes)] = True
+    C, (H, W) = len(bands), cell.geobox.shape
+    T = len(groups)
+    refl_t = np.zeros((T, C, H, W), dtype=np.uint16)
+    scl_t = np.zeros((T, H, W), dtype=np.uint8)
+    valid_t = np.zeros((T, H, W), dtype=bool)
+    kept: list[tuple[int, dt.datetime, str]] = []
+    plans: dict = {}  # resampling plans of this cell, by source grid and kernel
+    failed: list[FailedRead] = []
+    stats = Counter(read=0, skipped=0)
+    with_data = 0
+    for t, group in enumerate(groups):
+        refl, scl, valid = refl_t[t], scl_t[t], valid_t[t]  # views, filled in place
+        has_data = np.zeros((H, W), dtype=bool)
+        used: list[pystac.Item] = []
+        for item in group:
+            if used:  # pixels this item could still fill: none, and it is not read at all
+                same_take = any(_take(item) == _take(u) for u in used)
+                need = ~has_data if same_take else ~valid
+                if footprints is not None and need.any():
+                    need &= _inside(footprints[item.id], cell.geobox)
+                if not need.any():
+                    stats["skipped"] += 1
+                    continue
+            try:
+                r, s, v, d = _read_item(
+                    sources, item, band_srcs[item.id], cell.geobox, bands, resampling, masked,
+                    plans,
+                )  # fmt: skip
+            except UnreadableAsset as e:
+                if fail_on_error:
+                    raise
+                log.warning("cell %s: %s", cell.id, e)
+                failed.append(e.failure)
+                continue
+            stats["read"] += 1
+            take = ~valid & (v | (~has_data & d))  # (H, W)
+            if not take.any():
+                continue
+            if not used:  # the day's first item: nothing to keep from before
+                refl[:] = np.where(take, r, 0)
+                scl[:] = np.where(take, s, 0)
+            else:
+                np.copyto(refl, r, where=take)
+                np.copyto(scl, s, where=take)
+            valid |= take & v
+            has_data |= take
+            used.append(item)
+        with_data += int(has_data.sum())
+        if valid.any():
+            when = min(item_datetime(u) for u in used)
+            kept.append((t, when, ",".join(u.id for u in used)))
+        elif used:
+            log.debug("cell %s: %s has no valid pixel, dropped", cell.id, used[0].id)
+    if not kept:
+        return CellResult(None, tuple(failed), with_data, dict(stats))
+    idx = [k[0] for k in kept]
+    ds = _dataset(
+        cell,
+        bands,
+        refl_t[idx] if len(idx) < T else refl_t,
+        valid_t[idx] if len(idx) < T else valid_t,
+        scl_t[idx] if len(idx) < T else scl_t,
+        [k[1] for k in kept],
+        [k[2] for k in kept],
+        mask_scl_classes,
+    )
+    return CellResult(ds, tuple(failed), with_data, dict(stats))
+
+
+def _dataset(
+    cell: Cell,
+    bands: Sequence[str],
+    refl: np.ndarray,
+    valid: np.ndarray,
+    scl: np.ndarray,
+    times: Sequence[dt.datetime],
+    item_ids: Sequence[str],
+    mask_scl_classes: Sequence[int],
+) -> xr.Dataset:
+    """The cell's arrays as the cache's xarray Dataset, with coordinates and CF grid mapping."""
+    H, W = cell.geobox.shape
+    res = cell.geobox.resolution.x
+    left, top = cell.geobox.affine.c, cell.geobox.affine.f
+    wkt = cell.geobox.crs.to_wkt()
+    grid = {"grid_mapping": "spatial_ref"}
+    time = np.array([t.astimezone(dt.UTC).replace(tzinfo=None) for t in times], "datetime64[ns]")
+    return xr.Dataset(
+        {
+            "reflectance": (
+                ("time", "band", "y", "x"),
+                refl,
+                {
+                    "long_name": "surface reflectance / scale",
+                    "scale": CACHE_SCALE,
+                    "offset": CACHE_OFFSET,
+                    "nodata": CACHE_NODATA,
+                    **grid,
+                },
+            ),
+            "valid": (
+                ("time", "y", "x"),
+                valid,
+                {
+                    "long_name": "all bands have data and scl is not masked",
+                    "mask_scl_classes": [int(c) for c in mask_scl_classes],
+                    **grid,
+                },
+            ),
+            "scl": (("time", "y", "x"), scl, {"long_name": "scene classification", **grid}),
+        },
+        coords={
+            "time": time,
+            "band": np.array(list(bands), dtype=object),
+            "y": top - (np.arange(H) + 0.5) * abs(cell.geobox.resolution.y),
+            "x": left + (np.arange(W) + 0.5) * res,
+            "item_id": ("time", np.array(item_ids, dtype=object)),
+            "center_wavelength": (
+                "band",
+                np.array([band(b).center_wavelength for b in bands]),
+                {"long_name": "band centre wavelength", "units": "um"},
+            ),
+            "spatial_ref": (
+                (),
+                np.int32(0),
+                {
+                    "crs_wkt": wkt,
+                    "spatial_ref": wkt,
+                    "GeoTransform": f"{left} {res} 0.0 {top} 0.0 {-abs(cell.geobox.resolution.y)}",
+                },
+            ),
+        },
+        attrs={
+            "crs": cell.crs,
+            "transform": [float(v) for v in tuple(cell.geobox.affine)[:6]],
+            "resolution": float(res),
+            "cell_id": cell.id,
+        },
+    )
