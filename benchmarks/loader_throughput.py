@@ -35,10 +35,13 @@ baseline is not crippled: what it loses, the same cache hits, geogfm loses too.
 The second pair is each side's default configuration on this small workspace, where every patch
 is a cache hit: geogfm with its default 64 MiB chunk cache against rasterio with GDAL's default
 block cache (``GDAL_CACHEMAX`` left unset: 5 % of RAM). It measures a dataset that fits in RAM, and
-its ratio is lower: geogfm's read is then a copy out of a decoded chunk (~0.15 ms a patch), and the
-rest of the time, the batch's transport from the worker (a new shared-memory tensor per batch,
-whose pages the kernel must fault in, ~1 ms a patch; every loader here pays it), dominates.
-``reader only`` lines time the datasets in this process without a DataLoader, to show that split.
+its ratio is lower: geogfm's read is then a copy out of a decoded chunk, and the batch's transport
+from the worker weighs more. A new shared-memory tensor per batch costs ~1.2 ms a patch (the kernel
+allocates and zeroes its pages on first touch), more than the read, so geogfm's workers reuse their
+batch buffers once the main process lets them go (:mod:`geogfm.data.zarr_windows`); the line
+``geogfm, 64 MiB chunk cache, fresh buffers`` is the same loader with that pool turned off (a new
+buffer per batch, as before, and as the ``memmap, batched`` baseline still does), and the ratio of
+the two is printed. ``reader only`` lines time the datasets in this process without a DataLoader.
 
 Each loader runs one warm-up epoch (workers start, files enter the page cache), then ``--rounds``
 rounds interleave one timed epoch of each (so load from other processes falls on all alike); the
@@ -58,6 +61,7 @@ import argparse
 import functools
 import json
 import logging
+import os
 import shutil
 import statistics
 import tempfile
@@ -69,15 +73,20 @@ import pystac
 import rasterio
 import torch
 import zarr
-from rasterio.enums import Resampling
-from rasterio.errors import WindowError
-from rasterio.vrt import WarpedVRT
-from rasterio.windows import Window, from_bounds
-from torch.utils.data import DataLoader, Dataset
+from _loader_baselines import (
+    BatchedMemmapPatches,
+    MemmapPatches,
+    RasterioPatches,
+    _batch_as_is,
+    gdal_worker,
+    unpooled_worker,
+    write_memmaps,
+)
+from torch.utils.data import DataLoader
 from zarr.codecs import BloscCodec
 
 from geogfm.core.config import config_from_dict
-from geogfm.data.datasets.sentinel2 import BANDS, SCL_INVALID_DEFAULT
+from geogfm.data.datasets.sentinel2 import BANDS
 from geogfm.data.datasets.stac_dataset import StacPatchDataset
 from geogfm.data.loaders import build_dataloader, seed_worker
 from geogfm.data.manifest import read_manifest, write_manifest
@@ -117,35 +126,6 @@ def build_workspace(root: Path, *, size: int, dates: list[str]) -> dict[str, Pat
 
 
 # ------------------------------------------------------------------------------- baselines
-
-
-class MemmapPatches(Dataset):
-    """The same windows from uncompressed ``.npy`` copies of the cache arrays, via memmap."""
-
-    def __init__(self, rows, folder: Path):
-        self.rows = rows[["cell_id", "time_index", "row", "col", "size"]].to_numpy()
-        self.folder, self._open = folder, {}
-
-    def __len__(self):
-        return len(self.rows)
-
-    def _arrays(self, cell):
-        if cell not in self._open:
-            self._open[cell] = (
-                np.load(self.folder / f"{cell}.reflectance.npy", mmap_mode="r"),
-                np.load(self.folder / f"{cell}.valid.npy", mmap_mode="r"),
-            )
-        return self._open[cell]
-
-    def __getitem__(self, i):
-        cell, t, r, c, s = self.rows[i]
-        refl, valid = self._arrays(cell)
-        image = np.array(refl[t, :, r : r + s, c : c + s])  # (C, H, W) uint16, a copy
-        return {
-            "image": torch.from_numpy(image),
-            "valid": torch.from_numpy(valid[t, r : r + s, c : c + s].copy()),
-        }
-
 
 #: ``--codec`` choices: compressors the cache's ``reflectance`` and ``valid`` arrays are rewritten
 #: with ("stage": as the tile_cache stage wrote them).
@@ -189,120 +169,6 @@ def recompress(p: dict[str, Path], codec: str, root: Path) -> dict[str, Path]:
     return {**p, "cache": cache, "stats": stats}
 
 
-class BatchedMemmapPatches(MemmapPatches):
-    """:class:`MemmapPatches` reading a batch straight into one shared-memory tensor, as geogfm
-    does (:meth:`StacPatchDataset.__getitems__`): the strict baseline for geogfm's transport."""
-
-    def __getitems__(self, indices):
-        n, s = len(indices), int(self.rows[indices[0]][4])
-        bands = self._arrays(self.rows[indices[0]][0])[0].shape[1]
-        image = _shared((n, bands, s, s), torch.uint16)
-        valid = _shared((n, s, s), torch.bool)
-        dn, mask = image.numpy(), valid.numpy()
-        for k, i in enumerate(indices):
-            cell, t, r, c, s = self.rows[i]
-            refl, ok = self._arrays(cell)
-            dn[k] = refl[t, :, r : r + s, c : c + s]
-            mask[k] = ok[t, r : r + s, c : c + s]
-        return {"image": image, "valid": valid}
-
-
-def _shared(shape, dtype):
-    if torch.utils.data.get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
-    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * dtype.itemsize)
-    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
-
-
-def _batch_as_is(batch):
-    return batch
-
-
-def write_memmaps(cache: Path, cells: list[str], folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for cell in cells:
-        group = zarr.open_group(cache / f"{cell}.zarr", mode="r")
-        for name in ("reflectance", "valid"):
-            data = group[name][:]
-            out = np.lib.format.open_memmap(
-                folder / f"{cell}.{name}.npy", mode="w+", dtype=data.dtype, shape=data.shape
-            )
-            out[:] = data
-            out.flush()
-
-
-class RasterioPatches(Dataset):
-    """The same windows read from the source COGs: 12 bands resampled to the window, plus scl.
-
-    Each file is opened once per worker; decoded blocks are kept in GDAL's block cache, whose size
-    (``GDAL_CACHEMAX``) :func:`gdal_worker` sets in each worker.
-    """
-
-    def __init__(self, rows, items: dict[str, pystac.Item]):
-        self.rows = rows[["item_id", "crs", "minx", "miny", "maxx", "maxy", "size"]].to_numpy()
-        self.items, self._open = items, {}
-
-    def __len__(self):
-        return len(self.rows)
-
-    def _src(self, href: str, crs: str, resampling: Resampling):
-        """The file, or a ``WarpedVRT`` of it on ``crs`` if it is in another zone; kept open."""
-        key = (href, resampling)
-        if key not in self._open:
-            src = rasterio.open(href)
-            if src.crs.to_string() != crs:
-                src = WarpedVRT(src, crs=crs, resampling=resampling)
-            self._open[key] = src
-        return self._open[key]
-
-    def _read(self, href: str, crs: str, bounds, s: int, resampling: Resampling) -> np.ndarray:
-        """The (s, s) window ``bounds`` of a file, resampled; 0 where the file has no pixels."""
-        src = self._src(href, crs, resampling)
-        win = from_bounds(*bounds, transform=src.transform)
-        try:
-            inside = win.intersection(Window(0, 0, src.width, src.height))
-        except WindowError:  # the patch is outside this file
-            return np.zeros((s, s), dtype=src.dtypes[0])
-        if inside == win:
-            return src.read(1, window=win, out_shape=(s, s), resampling=resampling)
-        # the part inside the file, resampled into its place in the window
-        sx, sy = s / win.width, s / win.height
-        c0 = round((inside.col_off - win.col_off) * sx)
-        r0 = round((inside.row_off - win.row_off) * sy)
-        w, h = max(1, round(inside.width * sx)), max(1, round(inside.height * sy))
-        out = np.zeros((s, s), dtype=src.dtypes[0])
-        w, h = min(w, s - c0), min(h, s - r0)
-        out[r0 : r0 + h, c0 : c0 + w] = src.read(
-            1, window=inside, out_shape=(h, w), resampling=resampling
-        )
-        return out
-
-    def __getitem__(self, i):
-        item_id, crs, *bounds, s = self.rows[i]
-        item = self.items[item_id.split(",")[0]]  # the first item of a merged day
-        bands = []
-        for key in ALL_BANDS:
-            asset = item.assets[key]
-            dn = self._read(asset.href, crs, bounds, s, Resampling.bilinear)
-            offset = (asset.extra_fields.get("raster:bands") or [{}])[0].get("offset", 0.0)
-            off = round(-offset / 1e-4)  # +1000 DN from processing baseline 04.00
-            bands.append(np.where(dn > 0, np.clip(dn.astype(np.int32) - off, 1, 65535), 0))
-        image = np.stack(bands).astype(np.uint16)  # (C, H, W)
-        scl = self._read(item.assets["scl"].href, crs, bounds, s, Resampling.nearest)
-        valid = (image > 0).all(axis=0) & ~np.isin(scl, SCL_INVALID_DEFAULT)
-        return {"image": torch.from_numpy(image), "valid": torch.from_numpy(valid)}
-
-
-def gdal_worker(cache_mb: int | None, worker_id: int) -> None:
-    """``worker_init_fn`` of the rasterio loaders: GDAL's block cache size, then the seeds.
-
-    ``cache_mb=None`` leaves GDAL's default (``GDAL_CACHEMAX`` unset: 5 % of RAM).
-    """
-    if cache_mb is not None:
-        rasterio.env.set_gdal_config("GDAL_CACHEMAX", cache_mb * 2**20)  # bytes; applied at once
-    seed_worker(worker_id)
-
-
 # ---------------------------------------------------------------------------------- timing
 
 
@@ -319,12 +185,28 @@ def reader_rate(read, n_items: int, batch: int, rounds: int = 3) -> float:
     return statistics.median(rates[1:])
 
 
-def epoch_rate(loader) -> tuple[float, int]:
-    """Patches per second of one pass over ``loader``."""
+def _workers_cpu(loader) -> float:
+    """CPU seconds used so far by ``loader``'s (persistent) worker processes, from ``/proc``."""
+    total = 0
+    for w in getattr(getattr(loader, "_iterator", None), "_workers", []):
+        with open(f"/proc/{w.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime + stime, clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def epoch_rate(loader) -> tuple[float, int, float]:
+    """Patches per second of one pass over ``loader``, patches, and CPU seconds it took.
+
+    The CPU time is the workers' (the main process's with no workers): on a shared machine it
+    shows the work per patch that wall time, at the mercy of other processes, blurs.
+    """
     n, start = 0, time.perf_counter()
+    cpu0 = _workers_cpu(loader) if loader.num_workers else time.process_time()
     for batch in loader:
         n += len(batch["image"])
-    return n / (time.perf_counter() - start), n
+    cpu = (_workers_cpu(loader) if loader.num_workers else time.process_time()) - cpu0
+    return n / (time.perf_counter() - start), n, cpu
 
 
 def main() -> None:
@@ -383,7 +265,7 @@ def main() -> None:
                 **{"worker_init_fn": seed_worker, **kw},
             )
 
-        def geogfm(chunk_cache_mb: int):
+        def geogfm(chunk_cache_mb: int, *, pooled: bool = True):
             cfg = config_from_dict(
                 {
                     "tile_cache": {"bands": ALL_BANDS},
@@ -400,7 +282,10 @@ def main() -> None:
                     "num_workers": args.workers,
                 }
             )
-            return build_dataloader(data_cfg, seed=0)[0]
+            dl = build_dataloader(data_cfg, seed=0)[0]
+            if not pooled:
+                dl.worker_init_fn = unpooled_worker
+            return dl
 
         def rasterio_loader(cache_mb: int | None):
             init = functools.partial(gdal_worker, cache_mb)
@@ -419,6 +304,7 @@ def main() -> None:
             ),
             f"rasterio, {args.cold_gdal_mb} MiB block cache": rasterio_loader(args.cold_gdal_mb),
             warm_geogfm: geogfm(mb),
+            f"{warm_geogfm}, fresh buffers": geogfm(mb, pooled=False),
             warm_rasterio: rasterio_loader(None),
         }
         print(
@@ -428,15 +314,22 @@ def main() -> None:
             f"{[c['name'] for c in meta['codecs']]}; {args.rounds} rounds"
         )
         rates: dict[str, list[float]] = {name: [] for name in loaders}
+        cpu = dict.fromkeys(loaders, 0.0)  # CPU seconds over the timed rounds
         for dl in loaders.values():
             epoch_rate(dl)  # warm-up: workers start, files enter the page cache
         for _ in range(args.rounds):
             for name, dl in loaders.items():
-                rates[name].append(epoch_rate(dl)[0] / max(args.workers, 1))
+                rate, n, seconds = epoch_rate(dl)
+                rates[name].append(rate / max(args.workers, 1))
+                cpu[name] += seconds / (n * args.rounds)
         median = {k: statistics.median(v) for k, v in rates.items()}
+        where = "workers" if args.workers else "main process"
         for name, rate in median.items():
             epochs = ", ".join(f"{r:.0f}" for r in rates[name])
-            print(f"  {name:>28}: {rate:7.1f} patches/s per worker  (epochs: {epochs})")
+            print(
+                f"  {name:>28}: {rate:7.1f} patches/s per worker  (epochs: {epochs}; "
+                f"{1e3 * cpu[name]:.2f} CPU ms a patch in the {where})"
+            )
         cold, cached = median["geogfm, no chunk cache"], median[warm_geogfm]
         print(
             f"geogfm / memmap   = {cold / median['memmap']:.2f}  (goal >= 0.5; no chunk cache; "
@@ -452,6 +345,16 @@ def main() -> None:
             f"defaults, workspace all in cache: geogfm / memmap = "
             f"{cached / median['memmap']:.2f}, geogfm / rasterio = "
             f"{cached / median[warm_rasterio]:.1f}  ({mb} MiB chunk cache vs GDAL's default)"
+        )
+        fresh = f"{warm_geogfm}, fresh buffers"
+        print(
+            f"reused / fresh batch buffers = {cached / median[fresh]:.2f}"
+            f"  ({mb} MiB chunk cache; {args.workers} worker(s))"
+        )
+        print(
+            "by CPU time a patch (patches per CPU second): defaults geogfm / rasterio = "
+            f"{cpu[warm_rasterio] / cpu[warm_geogfm]:.1f}, reused / fresh batch buffers = "
+            f"{cpu[fresh] / cpu[warm_geogfm]:.2f}"
         )
 
         # the readers alone, in this process (no DataLoader, no transport); rasterio last, as

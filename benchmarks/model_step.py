@@ -7,13 +7,17 @@ built from the same seed (same weights, same masks), measured in this one proces
     readable  the explicit ``softmax(q kᵀ / √hd) v`` attention, every patch embedded then the
               removed ones dropped (MAE's order), AdamW's per-parameter loop (``foreach=False``);
               eager
-    fused     ``F.scaled_dot_product_attention``, only the kept patches embedded, AdamW
+    fused     ``F.scaled_dot_product_attention``, only the kept patches embedded, only the
+              removed patches predicted (the loss reads no others; ``return_pred=False``), AdamW
               ``fused=True``; eager
     compiled  fused + ``torch.compile`` of the whole MAE (Inductor, fullgraph: a graph break is
-              an error) fed band-fastest ("channels-last") images (``CompiledMAE``); the masking
-              noise is drawn outside and passed in (a torch.Generator cannot be traced)
+              an error) fed band-fastest ("channels-last") images, Linear biases added in the
+              elementwise loops that follow (``CompiledMAE``); the masking noise is drawn
+              outside and passed in (a torch.Generator cannot be traced)
 
-All three are fp32 on the CPU (the comparison never mixes precisions). The variants' steps are
+All three are fp32 on the CPU (the fp32 ratios never mix precisions). The fused AdamW kernel is
+part of "fused": the readable baseline runs AdamW's per-parameter loop, as written. The variants'
+steps are
 interleaved in rounds (so that load from other processes falls on all of them alike); each
 variant's best round (mean step time of its fastest round, as ``timeit`` reports) and median round
 are printed, with the ratios of the best and of the median rounds to ``readable``. The loss of the
@@ -25,7 +29,11 @@ one of them is descheduled.
 CPU section (always): presets tiny and small, batch 8, 12 bands, 224 px, patch 16, fp32: the
 issue's standard input (ViT-B/16's 224 px: 196 tokens, of which MAE keeps 49) at a CPU batch.
 ``--bands 10 --image 128`` is the earlier, smaller setting (64 tokens, 16 kept), where per-op
-overhead weighs more and attention less.
+overhead weighs more and attention less. ``--bf16-matmul`` adds two REDUCED-PRECISION rows,
+"fused bf16mm" and "compiled bf16mm": the same fp32 model with
+``torch.set_float32_matmul_precision("medium")`` (oneDNN computes fp32 matmuls in bf16, on AMX
+where the CPU has it; the CPU analogue of TF32 on a GPU), timed against the fp32 readable path;
+their loss@1 column shows the loss parity. They are not fp32 figures.
 CUDA section (when a GPU is available, or ``--mfu-device``): ViT-B/16 MAE (preset base), 12
 bands, 224 px, bf16 autocast, batch 256: images/s and model FLOP utilisation, MFU = model FLOPs
 of one step (forward + backward, counted by ``torch.utils.flop_counter`` on the readable model,
@@ -38,6 +46,7 @@ Usage::
     .venv/bin/python benchmarks/model_step.py --threads 2 --steps 30 --rounds 10
     .venv/bin/python benchmarks/model_step.py --bands 10 --image 128   # the smaller input
     .venv/bin/python benchmarks/model_step.py --threads 1 --clock cpu  # on a busy machine
+    .venv/bin/python benchmarks/model_step.py --presets small --bf16-matmul  # + bf16 matmul rows
     .venv/bin/python benchmarks/model_step.py --presets tiny --no-compile
     .venv/bin/python benchmarks/model_step.py --skip-cpu --mfu-batch 128   # the GPU part only
     # the CUDA section's code path on CPU at toy size (a smoke test, not a measurement):
@@ -62,6 +71,8 @@ from geogfm.models.gfm_vit import PRESETS, GeoViTBackbone
 from geogfm.training.optimizer import param_groups
 
 VARIANTS = ("readable", "fused", "compiled")
+#: reduced-precision variants (``--bf16-matmul``): fp32 model, matmuls in bf16
+BF16MM = ("fused bf16mm", "compiled bf16mm")
 
 #: Peak dense bf16 tensor-core TFLOP/s from the vendor datasheets, by device-name substring;
 #: the first match wins, so the more specific names come first.
@@ -83,6 +94,8 @@ class Runner:
 
     def __init__(self, variant, preset, *, bands, image, patch, batch, device, bf16):
         readable = variant == "readable"
+        # "... bf16mm": fp32 matmuls computed in bf16 (set around each step, restored after)
+        self.precision = "medium" if variant.endswith("bf16mm") else "highest"
         cfg = PRESETS[f"gfm_vit_{preset}"](
             in_chans=bands, image_size=image, patch_size=patch, fused_attn=not readable
         )
@@ -101,13 +114,21 @@ class Runner:
         self.gen = torch.Generator().manual_seed(0)  # the same masks in every variant
         self.device, self.batch = torch.device(device), batch
         self.amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else None
-        self.step = TrainStep(
+        self.train_step = TrainStep(
             self.model,
             self.opt,
-            compile=variant == "compiled",
+            compile=variant.startswith("compiled"),
             generator=self.gen,
             amp_dtype=torch.bfloat16 if bf16 else None,
         )
+
+    def step(self, imgs, valid):
+        before = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision(self.precision)
+        try:
+            return self.train_step(imgs, valid)
+        finally:
+            torch.set_float32_matmul_precision(before)
 
 
 def _sync(device: torch.device) -> None:
@@ -188,7 +209,7 @@ def peak_tflops(device: torch.device, override: float | None) -> tuple[float | N
 def _row(label, v, best, median, first_loss, batch, extra):
     """One variant's line; speedups are readable / variant, of the best and of the median rounds."""
     print(
-        f"  {label:16s} {1e3 * best[v]:9.1f} {1e3 * median[v]:9.1f} {batch / best[v]:9.1f} "
+        f"  {label:22s} {1e3 * best[v]:9.1f} {1e3 * median[v]:9.1f} {batch / best[v]:9.1f} "
         f"{best['readable'] / best[v]:7.2f}x {median['readable'] / median[v]:7.2f}x "
         f"{extra:>8s}   {first_loss:.5f}"
     )
@@ -213,6 +234,11 @@ def main() -> None:
     )
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled variant")
     ap.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast in the CPU section")
+    ap.add_argument(
+        "--bf16-matmul",
+        action="store_true",
+        help="add reduced-precision rows: fp32 matmuls computed in bf16 (matmul precision medium)",
+    )
     ap.add_argument("--skip-cpu", action="store_true", help="skip the CPU section")
     ap.add_argument("--mfu-device", default="cuda" if torch.cuda.is_available() else None)
     ap.add_argument("--mfu-preset", default="base")
@@ -221,7 +247,8 @@ def main() -> None:
     ap.add_argument("--mfu-batch", type=int, default=256)
     ap.add_argument("--peak-tflops", type=float, default=None, help="override the peak table")
     args = ap.parse_args()
-    variants = [v for v in VARIANTS if not (args.no_compile and v == "compiled")]
+    variants = list(VARIANTS) + (list(BF16MM) if args.bf16_matmul else [])
+    variants = [v for v in variants if not (args.no_compile and v.startswith("compiled"))]
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     timing = dict(warmup=max(1, args.warmup), steps=args.steps, rounds=args.rounds, clock=clock)
     if args.threads:
@@ -230,7 +257,7 @@ def main() -> None:
 
     def header(extra: str) -> str:
         return (
-            f"\n  {'':16s} {'best ms':>9s} {'median':>9s} {'img/s':>9s} {'x best':>8s} "
+            f"\n  {'':22s} {'best ms':>9s} {'median':>9s} {'img/s':>9s} {'x best':>8s} "
             f"{'x median':>8s} {extra:>8s}   loss@1    ({args.clock} time per step; best and "
             f"median of {args.rounds} rounds)"
         )
@@ -253,6 +280,11 @@ def main() -> None:
             for v in variants:
                 rate = f"{flops / best[v] / 1e9:.1f}"
                 _row(f"{preset} {v}", v, best, median, loss[v], args.batch, rate)
+        if args.bf16_matmul:
+            print(
+                "  (bf16mm rows: REDUCED PRECISION, fp32 matmuls computed in bf16; their x is "
+                "against the fp32 readable path and is not an fp32 speedup)"
+            )
 
     if not args.mfu_device:
         print("\nno CUDA device: the ViT-B/16 bf16 images/s and MFU section was not run")
@@ -275,6 +307,7 @@ def main() -> None:
         f"{args.mfu_bands} bands, {args.mfu_image} px, bf16 autocast; {flops / 1e9:.1f} GFLOP "
         f"per step (forward + backward); peak {peak} TFLOP/s ({source})"
     )
+    variants = [v for v in variants if not v.endswith("bf16mm")]  # autocast bf16 already
     best, median, loss = compare(args.mfu_preset, variants, **cfg, **timing)
     print(header("MFU"))
     for v in variants:

@@ -124,6 +124,15 @@ def _parser() -> argparse.ArgumentParser:
                 help="write nothing: search the locked query again and fail, naming the items, if "
                 "the catalog no longer gives what <out>/lock.json recorded",
             )
+        if stage == "tile_cache":  # one job per cell: plan, cells, gather
+            mode = p.add_mutually_exclusive_group()
+            mode.add_argument(
+                "--plan", action="store_true", help="only list the cells: write a JSON plan to OUT"
+            )
+            mode.add_argument("--cell", metavar="ID", help="build only this cell, into folder OUT")
+            mode.add_argument(
+                "--gather", metavar="DIR", type=Path, help="assemble OUT from the cells in DIR"
+            )
     return parser
 
 
@@ -199,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s: %s", args.command, {k: str(v) for k, v in paths.items()})
         start = time.perf_counter()
         run = stage.check if getattr(args, "check", False) else stage.run
-        summary = run(cfg, **paths)
+        modes = {k: getattr(args, k) for k in ("plan", "cell", "gather") if getattr(args, k, None)}
+        summary = run(cfg, **paths, **modes)
         log.info("%s done in %.1f s: %s", args.command, time.perf_counter() - start, summary)
         return 0
     except (ConfigError, DataError, FileNotFoundError) as err:

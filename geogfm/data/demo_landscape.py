@@ -19,7 +19,8 @@ under a second per scene at the default size:
    thresholded fractal field (their fraction drawn around the requested mean) with thin cirrus at
    the edges, their shadows the cloud bodies shifted away from the sun computed for the overpass.
 4. **A tile's scene** (:meth:`DemoLandscape.observe`): a tile is a square on its own grid, maybe in
-   another UTM zone, placed on the landscape by an affine map (:class:`TileView`); it samples the
+   another UTM zone, placed on the landscape by the map between the two grids (:class:`TileView`:
+   a whole-pixel shift, or exact positions on a lattice of nodes, interpolated); it samples the
    date at its pixel centres, block-averages to 20 m and 60 m, adds its own sensor noise, loses the
    pixels beyond the swath edge of a partial orbit, and derives a 20 m scene classification (SCL)
    from the same fields. Tiles that overlap see the same ground, clouds and swath edge.
@@ -244,19 +245,50 @@ class DemoScene:
         return pct[8] + pct[9] + pct[10]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TileView:
     """Where a tile's pixels lie on the landscape.
 
-    A tile is a square of ``size`` 10 m pixels on its own grid (its own UTM zone, say). Over a few
-    kilometres the map from one UTM grid to another is affine to a small fraction of a pixel, so an
-    affine map between the two pixel grids places the tile; the tile samples the landscape at its
-    pixel centres (nearest landscape pixel), or crops it where the map is a whole-pixel shift.
+    A tile is a square of ``size`` 10 m pixels on its own grid (its own UTM zone, say). On the
+    landscape's grid it is either a whole-pixel shift of it (a crop), or, in another UTM zone, a
+    slightly rotated, scaled and curved square. The map is the affine ``to_landscape`` or, given
+    ``nodes``, the bilinear interpolation of exact landscape positions on a lattice of tile points
+    (:meth:`from_nodes`): the map between two UTM grids is affine only to a fraction of a pixel
+    over a few kilometres (about 0.1 px over 10 km at 3 degrees from a central meridian, growing
+    with the square of the distance), while lattice nodes a few hundred metres apart follow its
+    curvature to a thousandth of a pixel at any tile size. The tile samples the landscape at its
+    pixel centres (nearest landscape pixel), or crops it.
     """
 
     size: int  #: tile side in 10 m pixels
-    #: tile pixel ``(col, row)`` -> landscape pixel ``(col, row)``, pixel corners at whole numbers
+    #: tile pixel ``(col, row)`` -> landscape pixel ``(col, row)``, pixel corners at whole numbers;
+    #: with ``nodes``, the affine map through three of the tile's corners (a close approximation)
     to_landscape: Affine
+    #: ``(2, m, m)`` float64 landscape ``(col, row)`` of the tile points ``(j, i) * step``
+    #: (``nodes[:, i, j]``), ``step = side / (m - 1)``; None: the map is ``to_landscape``
+    nodes: np.ndarray | None = None
+
+    @classmethod
+    def from_nodes(cls, size: int, nodes: np.ndarray) -> TileView:
+        """A view from the landscape positions of a regular lattice of tile points.
+
+        Args:
+            size: tile side in 10 m pixels.
+            nodes: ``(2, m, m)`` landscape ``(col, row)`` of the tile points
+                ``(x, y) = (j, i) * side / (m - 1)`` at ``nodes[:, i, j]``, ``m >= 2``, where
+                ``side`` is :attr:`side` (the lattice spans the sampled square).
+        """
+        nodes = np.asarray(nodes, dtype=np.float64)
+        if nodes.ndim != 3 or nodes.shape[0] != 2 or not nodes.shape[1] == nodes.shape[2] >= 2:
+            raise ValueError(f"nodes of shape {nodes.shape} are not (2, m, m) with m >= 2")
+        (c0, c1), (c2, _) = nodes[:, 0, [0, -1]].T, nodes[:, -1, [0, -1]].T
+        n = float(-(-size // 6) * 6)
+        affine = Affine(
+            (c1[0] - c0[0]) / n, (c2[0] - c0[0]) / n, c0[0], (c1[1] - c0[1]) / n,
+            (c2[1] - c0[1]) / n, c0[1],
+        )  # fmt: skip
+        nodes.setflags(write=False)
+        return cls(size, affine, nodes)
 
     @property
     def side(self) -> int:
@@ -267,9 +299,29 @@ class TileView:
     def crop(self) -> tuple[int, int] | None:
         """``(row, col)`` of the tile's top-left pixel in the landscape, if the tile is a crop."""
         a = self.to_landscape
+        if self.nodes is not None:
+            return None
         if (a.a, a.b, a.d, a.e) == (1.0, 0.0, 0.0, 1.0) and a.c.is_integer() and a.f.is_integer():
             return int(a.f), int(a.c)
         return None
+
+    def locate(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Landscape ``(col, row)`` of tile points ``(x, y)`` (10 m pixel units, in the tile)."""
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        if self.nodes is None:
+            a = self.to_landscape
+            return a.a * x + a.b * y + a.c, a.d * x + a.e * y + a.f
+        m = self.nodes.shape[-1]
+        step = self.side / (m - 1)
+        u, v = x / step, y / step
+        j = np.clip(np.floor(u), 0, m - 2).astype(np.intp)
+        i = np.clip(np.floor(v), 0, m - 2).astype(np.intp)
+        fu, fv = u - j, v - i
+        nd = self.nodes
+        top = nd[:, i, j] * (1.0 - fu) + nd[:, i, j + 1] * fu
+        bottom = nd[:, i + 1, j] * (1.0 - fu) + nd[:, i + 1, j + 1] * fu
+        col, row = top * (1.0 - fv) + bottom * fv
+        return col, row
 
     def positions(self, resolution: int, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Landscape ``(col, row)`` of the centres of the tile's ``resolution`` m pixels.
@@ -281,9 +333,7 @@ class TileView:
         k = resolution // 10
         n = n or -(-self.size // k)
         c = (np.arange(n) + 0.5) * k
-        x, y = np.meshgrid(c, c)
-        a = self.to_landscape
-        return a.a * x + a.b * y + a.c, a.d * x + a.e * y + a.f
+        return self.locate(*np.meshgrid(c, c))
 
 
 @dataclass(frozen=True)
@@ -631,10 +681,12 @@ class DemoLandscape:
         poly = [(0.0, 0.0), (s, 0.0), (s, s), (0.0, s)]
         if not partial:
             return tuple(poly)
-        a = view.to_landscape
 
         def f(p: tuple[float, float]) -> float:  # > 0 beyond the edge
-            return float(self._beyond_swath(*(a * p)))
+            return float(self._beyond_swath(*view.locate(*p)))
+
+        def along(p: tuple[float, float], q: tuple[float, float], t: float) -> tuple[float, float]:
+            return p[0] + t * (q[0] - p[0]), p[1] + t * (q[1] - p[1])
 
         out = []
         for p, q in zip(poly, poly[1:] + poly[:1], strict=True):
@@ -642,8 +694,17 @@ class DemoLandscape:
             if fp <= 0:
                 out.append(p)
             if (fp <= 0) != (fq <= 0):
+                # where the edge crosses the swath edge: nearly linear along it (exactly, if the
+                # view is affine); bisection keeps it exact on a curved view
+                lo, hi = 0.0, 1.0
                 t = fp / (fp - fq)
-                out.append((p[0] + t * (q[0] - p[0]), p[1] + t * (q[1] - p[1])))
+                for _ in range(0 if view.nodes is None else 60):
+                    if (f(along(p, q, t)) <= 0) == (fp <= 0):
+                        lo = t
+                    else:
+                        hi = t
+                    t = 0.5 * (lo + hi)
+                out.append(along(p, q, t))
         return tuple(out)
 
     def scene(self, when: dt.datetime, *, cloud_cover: float, partial: bool = False) -> DemoScene:

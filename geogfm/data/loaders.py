@@ -10,6 +10,12 @@ pipes and the host-to-device copy. Each batch has a ``"normalize"`` entry, a
 the batch is on the device (``geogfm.training.loop``), giving float32 z-scores with invalid pixels
 at 0. Workers are persistent across epochs, and batches are pinned when a GPU is present.
 
+A worker reads each batch into a shared-memory buffer it reuses once the main process is done with
+it (:mod:`geogfm.data.zarr_windows`): the batch carries the buffers' leases under ``"_leases"``,
+which :class:`PatchLoader` removes. A buffer is written again only after every tensor on it in the
+main process is gone: after the pin-memory thread's copy when batches are pinned, else after the
+training loop lets the batch go; batches kept longer are simply never overwritten.
+
 Training order and randomness are functions of ``(seed, epoch, position in the epoch)`` only: the
 train loader's :class:`EpochSampler` shuffles with ``seed + epoch``, can start an epoch at an
 offset (resuming a run mid-epoch) and shards for DDP; :class:`EpochSeededDataset` reseeds torch,
@@ -36,6 +42,7 @@ from geogfm.data.datasets.stac_dataset import StacPatchDataset
 from geogfm.data.manifest import read_manifest
 from geogfm.data.transforms.normalization import DeviceNormalize, load_stats
 from geogfm.data.transforms.temporal_sampling import make_sampler
+from geogfm.data.zarr_windows import lease
 
 __all__ = [
     "EpochSampler",
@@ -75,17 +82,23 @@ def collate_patches(samples: list[dict]) -> dict:
     """Collate samples: ``image`` -> (B, [T,] C, H, W), ``valid``, ``time`` stacked; rest lists.
 
     Samples whose ``image``/``valid`` are already the rows of one batch tensor (what
-    :meth:`StacPatchDataset.__getitems__` reads) are not copied: the batch is that tensor.
+    :meth:`StacPatchDataset.__getitems__` reads) are not copied: the batch is that tensor, and if
+    it lies on a worker's reused buffer, its :class:`~geogfm.data.zarr_windows.BufferLease` goes
+    in ``batch["_leases"]`` (None once unpickled; :class:`PatchLoader` drops the key).
     """
-    batch = {}
+    batch, leases = {}, []
     for key in ("image", "valid"):
         if key in samples[0]:
             batch[key] = _rows_of_one_tensor([s[key] for s in samples])
+            if batch[key] is not None and (held := lease(batch[key])) is not None:
+                leases.append(held)
     stack = [k for k in _TENSOR_KEYS if k in samples[0] and batch.get(k) is None]
     batch.update(default_collate([{k: s[k] for k in stack} for s in samples]))
     for key in samples[0]:
         if key not in batch:
             batch[key] = [s[key] for s in samples]
+    if leases:
+        batch["_leases"] = leases
     return batch
 
 
@@ -218,7 +231,8 @@ class PatchLoader(DataLoader):
     """A ``DataLoader`` whose batches carry the normalisation to apply on the device.
 
     Every batch it yields has ``batch["normalize"]``, a ``(image, valid) -> image`` callable
-    (:class:`DeviceNormalize`), added in the main process, so it is never pickled per batch.
+    (:class:`DeviceNormalize`), added in the main process, so it is never pickled per batch; the
+    workers' buffer leases (``batch["_leases"]``, already bound) are dropped.
 
     Args:
         dataset: the dataset.
@@ -232,6 +246,7 @@ class PatchLoader(DataLoader):
 
     def __iter__(self) -> Iterator[dict]:  # noqa: D105
         for batch in super().__iter__():
+            batch.pop("_leases", None)
             batch["normalize"] = self.normalize
             yield batch
 

@@ -81,6 +81,7 @@ __all__ = [
     "item_footprints",
     "plan_cells",
     "processing_baseline",
+    "to_cache_band",
     "to_cache_dn",
 ]
 
@@ -151,6 +152,62 @@ def to_cache_dn(dn: np.ndarray, *, scale: float, offset: float, nodata: float | 
     if missing is not None:
         out[missing] = CACHE_NODATA
     return out
+
+
+def to_cache_band(
+    out: np.ndarray,
+    values: np.ndarray,
+    missing: np.ndarray | None,
+    source_dtype: np.dtype,
+    *,
+    scale: float,
+    offset: float,
+) -> np.ndarray | None:
+    """Write one band, resampled onto a cell, into ``out`` in cache DN (see :func:`to_cache_dn`).
+
+    The usual cases -- DN of a whole-number offset at the cache's scale, as Sentinel-2's -- take
+    one pass each, in place: bilinear values ``v`` (float32, unrounded) become ``floor(v + 0.5)``
+    (GDAL's rounding, half up) plus the offset in DN, clipped to 1..65535; integer DN are shifted
+    with saturation in their own type.
+
+    Args:
+        out: ``(H, W)`` uint16, written.
+        values: ``(H, W)`` the file's DN on the cell's grid: its integer type, or float32 (may be
+            overwritten).
+        missing: ``(H, W)`` True where the band has no data; ``None``: it has data everywhere.
+        source_dtype: the file's data type (integer files' bilinear values are rounded).
+        scale: the source's reflectance per DN.
+        offset: the source's reflectance at DN 0.
+
+    Returns:
+        Where ``out`` is nodata (0): ``missing`` itself (the same object) or, where the values
+        held NaN, a new mask; ``None`` where every pixel has data.
+    """
+    shift = offset / CACHE_SCALE
+    k = round(shift)
+    whole = scale == CACHE_SCALE and abs(shift - k) < 1e-9
+    if whole and values.dtype == np.float32 and source_dtype.kind in "ui":
+        np.add(values, 0.5 + k, out=values)  # floor by the cast below
+        np.clip(values, 1, 65535, out=values)
+        np.copyto(out, values, casting="unsafe")
+    elif whole and values.dtype in (np.uint8, np.uint16) and -65535 < k < 65535:
+        if k <= 0:  # max(v, 1 - k) + k: at least 1, at most v
+            np.maximum(values, np.uint16(1 - k), out=out)
+            np.subtract(out, np.uint16(-k), out=out)
+        else:  # min(v, 65535 - k) + k, at least 1
+            np.minimum(values, np.uint16(65535 - k), out=out)
+            np.add(out, np.uint16(k), out=out)
+            np.maximum(out, 1, out=out)
+    else:
+        if values.dtype.kind == "f" and source_dtype.kind in "ui":
+            values = np.floor(values + 0.5)
+        out[...] = to_cache_dn(values, scale=scale, offset=offset, nodata=None)
+        if values.dtype.kind == "f" and np.isnan(values).any():  # NaN: no data too
+            nan = np.isnan(values)
+            missing = nan if missing is None else missing | nan
+    if missing is not None:
+        np.copyto(out, CACHE_NODATA, where=missing)
+    return missing
 
 
 # -------------------------------------------------------------------------------------------- grid

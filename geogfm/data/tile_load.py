@@ -37,19 +37,17 @@ from odc.geo.geom import Geometry
 from rasterio.features import geometry_mask
 
 from geogfm.core.errors import DataError
-from geogfm.data.datasets.sentinel2 import band, unknown_scl_classes
+from geogfm.data.datasets.sentinel2 import unknown_scl_classes
 from geogfm.data.stac import item_datetime
 from geogfm.data.tile_cache import (
-    CACHE_NODATA,
-    CACHE_OFFSET,
-    CACHE_SCALE,
     SCL_BAND,
     Cell,
-    to_cache_dn,
+    to_cache_band,
 )
 from geogfm.data.tile_items import item_epsg
+from geogfm.data.tile_plan import plan
 from geogfm.data.tile_reader import READ_ERRORS, BandSource, SourceCache, read_band, read_error
-from geogfm.data.tile_resample import plan
+from geogfm.data.tile_store import cell_dataset
 
 __all__ = ["CellResult", "FailedRead", "UnreadableAsset", "load_cell"]
 
@@ -125,20 +123,26 @@ def _read_item(
     resampling: str,
     masked: np.ndarray,
     plans: dict,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One item on a cell: cache DN ``(C, H, W)``, scl, valid and has-data ``(H, W)``.
+    refl: np.ndarray,
+    scl: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One item on a cell: cache DN into ``refl`` ``(C, H, W)`` and ``scl`` ``(H, W)``.
 
     Bands on one source grid are resampled together with one :class:`~.tile_resample.Plan`
     (kept in ``plans`` for the cell's other items); those without a plan are warped by GDAL.
+
+    Returns:
+        ``(valid, has_data)``, ``(H, W)`` bool: every band has data and the scl class is not
+        masked; some band has data.
 
     Raises:
         UnreadableAsset: (with the :class:`FailedRead`) if an asset cannot be read.
         DataError: if the scl layer holds values that are not SCL classes.
     """
     C, (H, W) = len(bands), geobox.shape
-    refl = np.empty((C, H, W), dtype=np.uint16)
-    scl = np.zeros((H, W), dtype=np.uint8)
     src = srcs[SCL_BAND]
+    holes: dict[int, np.ndarray] = {}  # the bands' distinct no-data masks, by identity
+    full = False  # some band has data everywhere
     try:
         groups: dict[tuple, list[int]] = {}
         keys = (*bands, SCL_BAND)
@@ -151,21 +155,31 @@ def _read_item(
                 plans[grid, kernel] = plan(grid, geobox, kernel, centres=plans)
             p = plans[grid, kernel]
             if p is None:  # no plan for this kernel and grid: GDAL warps band by band
+                results = []
                 for c in members:
                     src = srcs[keys[c]]
                     dn, nodata = read_band(sources, src, geobox, resampling=kernel)
-                    missing = dn == nodata if nodata is not None else None
-                    _store(refl, scl, c, C, dn, missing, src, dn.dtype)
-                continue
-            windows, nodata = [], []
-            for c in members:
+                    results.append((c, dn, None if nodata is None else dn == nodata, dn.dtype))
+            else:
+                windows, nodata = [], []
+                for c in members:
+                    src = srcs[keys[c]]
+                    windows.append(sources.window(src.href, src.bidx, *p.window) if not p.empty()
+                                   else np.zeros((0, 0), np.uint16))  # fmt: skip
+                    nodata.append(_nodata(sources, src))
+                values, missing = p.resample(windows, nodata)
+                results = [(c, values[k], missing[k], windows[k].dtype)
+                           for k, c in enumerate(members)]  # fmt: skip
+            for c, v, m, dtype in results:
                 src = srcs[keys[c]]
-                windows.append(sources.window(src.href, src.bidx, *p.window) if not p.empty() else
-                               np.zeros((0, 0), np.uint16))  # fmt: skip
-                nodata.append(_nodata(sources, src))
-            values, missing = p.resample(windows, nodata)
-            for k, c in enumerate(members):
-                _store(refl, scl, c, C, values[k], missing[k], srcs[keys[c]], windows[k].dtype)
+                if c == C:
+                    _store_scl(scl, v, m, dtype)
+                    continue
+                m = to_cache_band(refl[c], v, m, dtype, scale=src.scale, offset=src.offset)
+                if m is None:
+                    full = True
+                else:
+                    holes.setdefault(id(m), m)
     except READ_ERRORS as e:
         failure = FailedRead(item.id, src.asset, src.href, read_error(e))
         raise UnreadableAsset(item, failure) from e
@@ -177,9 +191,19 @@ def _read_item(
             "(SCL) layer: point the item's 'scl' asset at the L2A SCL file, or use a catalog "
             "that has one (e.g. Earth Search sentinel-2-l2a)"
         ) from None
-    has_data = (refl != CACHE_NODATA).any(0)
-    valid = (refl != CACHE_NODATA).all(0) & ~masked[scl]
-    return refl, scl, valid, has_data
+    # a band lacks data exactly where its cache DN is 0: combine the distinct masks only
+    valid = ~np.take(masked, scl)
+    masks = list(holes.values())
+    for m in masks:
+        valid &= ~m
+    if full or not masks:
+        has_data = np.ones((H, W), bool)
+    else:
+        gone = masks[0].copy()
+        for m in masks[1:]:
+            gone &= m
+        has_data = ~gone
+    return valid, has_data
 
 
 def _nodata(sources: SourceCache, src: BandSource) -> float | None:
@@ -193,50 +217,23 @@ class _NotScl(Exception):
         self.values = values
 
 
-def _store(
-    refl: np.ndarray,
-    scl: np.ndarray,
-    c: int,
-    C: int,
-    values: np.ndarray,
-    missing: np.ndarray | None,
-    src: BandSource,
-    source_dtype: np.dtype,
+def _store_scl(
+    scl: np.ndarray, values: np.ndarray, missing: np.ndarray | None, source_dtype: np.dtype
 ) -> None:
-    """Put one resampled band into ``refl[c]`` in cache DN, or into ``scl`` when ``c == C``.
-
-    ``values`` are the file's DN (float32 and unrounded where bilinear made them from integers:
-    rounded here half up, as GDAL does); ``missing`` marks pixels without data.
+    """Put the resampled scl layer into ``scl``: whole classes, no data is class 0.
 
     Raises:
-        _NotScl: if the scl values are not all scene classes.
+        _NotScl: if the values are not all scene classes.
     """
-    integer = source_dtype.kind in "ui"
-    if c == C:  # scl: whole classes, no data is class 0
-        if values.dtype.kind == "f" and integer:
+    if values.dtype.kind == "f":
+        if source_dtype.kind in "ui":
             values = np.floor(values + 0.5)
-        if missing is not None:
-            values = np.where(missing, 0, values)
-        if values.dtype.kind == "f":
-            values = np.where(np.isnan(values), 0, values)
-        if values.size and (values.min() < 0 or values.max() > 11):
-            raise _NotScl(unknown_scl_classes(values))
-        scl[...] = values
-        return
-    out = refl[c]
-    shift = src.offset / CACHE_SCALE
-    whole = src.scale == CACHE_SCALE and abs(shift - round(shift)) < 1e-9
-    if values.dtype.kind == "f" and integer and whole:
-        # the usual case: floor(v + 0.5) + shift clipped to 1..65535, the floor by the cast
-        v = np.add(values, 0.5 + round(shift), dtype=np.float32)
-        np.clip(v, 1, 65535, out=v)
-        out[...] = v
-    else:
-        if values.dtype.kind == "f" and integer:
-            values = np.floor(values + 0.5)
-        out[...] = to_cache_dn(values, scale=src.scale, offset=src.offset, nodata=None)
-    if missing is not None:
-        out[missing] = CACHE_NODATA
+        values = np.where(np.isnan(values), 0, values)
+    if values.size and missing is not None:
+        values = np.where(missing, 0, values)
+    if values.size and (values.min() < 0 or values.max() > 11):
+        raise _NotScl(unknown_scl_classes(values))
+    scl[...] = values
 
 
 def load_cell(
@@ -286,6 +283,7 @@ def load_cell(
     refl_t = np.zeros((T, C, H, W), dtype=np.uint16)
     scl_t = np.zeros((T, H, W), dtype=np.uint8)
     valid_t = np.zeros((T, H, W), dtype=bool)
+    r, s = np.empty((C, H, W), np.uint16), np.empty((H, W), np.uint8)  # a day's later items
     kept: list[tuple[int, dt.datetime, str]] = []
     plans: dict = {}  # resampling plans of this cell, by source grid and kernel
     failed: list[FailedRead] = []
@@ -305,28 +303,38 @@ def load_cell(
                     stats["skipped"] += 1
                     continue
             try:
-                r, s, v, d = _read_item(
+                # the day's first item goes straight into the day: where it has no data, its
+                # bands are 0 (nodata) already; its scl there is set to 0 below
+                v, d = _read_item(
                     sources, item, band_srcs[item.id], cell.geobox, bands, resampling, masked,
-                    plans,
+                    plans, *((r, s) if used else (refl, scl)),
                 )  # fmt: skip
             except UnreadableAsset as e:
                 if fail_on_error:
                     raise
                 log.warning("cell %s: %s", cell.id, e)
                 failed.append(e.failure)
+                if not used:  # what the day's first item may have left
+                    refl[...] = 0
+                    scl[...] = 0
                 continue
             stats["read"] += 1
-            take = ~valid & (v | (~has_data & d))  # (H, W)
-            if not take.any():
-                continue
-            if not used:  # the day's first item: nothing to keep from before
-                refl[:] = np.where(take, r, 0)
-                scl[:] = np.where(take, s, 0)
+            if not used:
+                if not d.any():
+                    refl[...] = 0
+                    scl[...] = 0
+                    continue
+                np.copyto(scl, 0, where=~d)
+                valid[...] = v
+                has_data[...] = d
             else:
+                take = ~valid & (v | (~has_data & d))  # (H, W)
+                if not take.any():
+                    continue
                 np.copyto(refl, r, where=take)
                 np.copyto(scl, s, where=take)
-            valid |= take & v
-            has_data |= take
+                valid |= take & v
+                has_data |= take
             used.append(item)
         with_data += int(has_data.sum())
         if valid.any():
@@ -337,7 +345,7 @@ def load_cell(
     if not kept:
         return CellResult(None, tuple(failed), with_data, dict(stats))
     idx = [k[0] for k in kept]
-    ds = _dataset(
+    ds = cell_dataset(
         cell,
         bands,
         refl_t[idx] if len(idx) < T else refl_t,
@@ -348,74 +356,3 @@ def load_cell(
         mask_scl_classes,
     )
     return CellResult(ds, tuple(failed), with_data, dict(stats))
-
-
-def _dataset(
-    cell: Cell,
-    bands: Sequence[str],
-    refl: np.ndarray,
-    valid: np.ndarray,
-    scl: np.ndarray,
-    times: Sequence[dt.datetime],
-    item_ids: Sequence[str],
-    mask_scl_classes: Sequence[int],
-) -> xr.Dataset:
-    """The cell's arrays as the cache's xarray Dataset, with coordinates and CF grid mapping."""
-    H, W = cell.geobox.shape
-    res = cell.geobox.resolution.x
-    left, top = cell.geobox.affine.c, cell.geobox.affine.f
-    wkt = cell.geobox.crs.to_wkt()
-    grid = {"grid_mapping": "spatial_ref"}
-    time = np.array([t.astimezone(dt.UTC).replace(tzinfo=None) for t in times], "datetime64[ns]")
-    return xr.Dataset(
-        {
-            "reflectance": (
-                ("time", "band", "y", "x"),
-                refl,
-                {
-                    "long_name": "surface reflectance / scale",
-                    "scale": CACHE_SCALE,
-                    "offset": CACHE_OFFSET,
-                    "nodata": CACHE_NODATA,
-                    **grid,
-                },
-            ),
-            "valid": (
-                ("time", "y", "x"),
-                valid,
-                {
-                    "long_name": "all bands have data and scl is not masked",
-                    "mask_scl_classes": [int(c) for c in mask_scl_classes],
-                    **grid,
-                },
-            ),
-            "scl": (("time", "y", "x"), scl, {"long_name": "scene classification", **grid}),
-        },
-        coords={
-            "time": time,
-            "band": np.array(list(bands), dtype=object),
-            "y": top - (np.arange(H) + 0.5) * abs(cell.geobox.resolution.y),
-            "x": left + (np.arange(W) + 0.5) * res,
-            "item_id": ("time", np.array(item_ids, dtype=object)),
-            "center_wavelength": (
-                "band",
-                np.array([band(b).center_wavelength for b in bands]),
-                {"long_name": "band centre wavelength", "units": "um"},
-            ),
-            "spatial_ref": (
-                (),
-                np.int32(0),
-                {
-                    "crs_wkt": wkt,
-                    "spatial_ref": wkt,
-                    "GeoTransform": f"{left} {res} 0.0 {top} 0.0 {-abs(cell.geobox.resolution.y)}",
-                },
-            ),
-        },
-        attrs={
-            "crs": cell.crs,
-            "transform": [float(v) for v in tuple(cell.geobox.affine)[:6]],
-            "resolution": float(res),
-            "cell_id": cell.id,
-        },
-    )

@@ -104,6 +104,7 @@ class SourceCache:
         self._epsg: dict[str, int | None] = {}  # ds.crs.to_epsg() costs 30 us a call
         self._bounds: dict[tuple[str, str], tuple[float, float, float, float]] = {}
         self._grids: dict[str, SourceGrid] = {}
+        self._blocks: dict[tuple[str, int], tuple[int, int]] = {}  # so window() need not open
         self._nodata: dict[tuple[str, int], float | None] = {}
         self._units: OrderedDict[tuple, Future] = OrderedDict()
         self._held = 0
@@ -137,6 +138,9 @@ class SourceCache:
         if grid is None:
             ds = self.open(href)
             crs = ds.crs.to_wkt() if ds.crs is not None else ""
+            for b, shape in enumerate(ds.block_shapes, 1):
+                self._blocks[href, b] = shape
+                self._nodata[href, b] = ds.nodatavals[b - 1]
             grid = self._grids[href] = SourceGrid(crs, ds.transform, ds.height, ds.width)
         return grid
 
@@ -165,8 +169,10 @@ class SourceCache:
             rasterio.errors.RasterioError: if the file cannot be read (see :data:`READ_ERRORS`);
                 every later call for the same unit raises it again.
         """
-        ds = self.open(href)
-        bh, bw = ds.block_shapes[bidx - 1]
+        shape = self._blocks.get((href, bidx))
+        if shape is None:  # once per band: the other threads take it from here, without opening
+            shape = self._blocks[href, bidx] = self.open(href).block_shapes[bidx - 1]
+        bh, bw = shape
         uh, uw = bh * -(-_UNIT // bh), bw * -(-_UNIT // bw)
         rows = range(r0 // uh, (r1 - 1) // uh + 1)
         cols = range(c0 // uw, (c1 - 1) // uw + 1)

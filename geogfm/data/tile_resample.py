@@ -11,6 +11,11 @@ source pixels it takes and with what weight -- is done once per (source grid, ce
 - a **gather** for ``nearest``: each cell pixel takes the source pixel its centre falls in (also
   ``average`` when each source pixel is a whole ``k x k`` block of cell pixels, where the two are
   the same);
+- **axes** where the grids share their CRS and neither is rotated (an MGRS tile's 20 m bands on
+  its own zone's 10 m grid): rows and columns are resampled one after the other, each cell pixel
+  taking a row tap and a column tap per axis -- ``nearest``'s pixel, or the bilinear weights, whose
+  products are the 4-tap weights below (for 20 m -> 10 m they are exact in float32, so the values
+  are the matrix's to the bit); no 2-D plan is built;
 - a **4-tap bilinear** matrix otherwise: the four source pixels around the centre, weighted by
   distance; taps outside the source or on nodata are left out and the others renormalised, and a
   cell pixel whose centre is outside the source, or whose taps are all nodata, is nodata -- GDAL's
@@ -27,30 +32,22 @@ The plan keeps the plain 4-tap kernel (the cell's pixels are not larger than the
 across UTM zones values differ from GDAL's by a few DN on noisy data; on aligned grids (same zone,
 10/20/60 m) they equal GDAL's to the DN (both round the same weighted mean, in float32 and
 float64). Downsampling (cell pixels larger than the source's by more than 5 %), ``cubic``, and
-``average`` other than block upsampling have no plan (:func:`plan` returns ``None``): the caller
+``average`` other than block upsampling have no plan
+(:func:`geogfm.data.tile_plan.plan` returns ``None``): the caller
 warps those with GDAL, as odc-stac does.
 """
 
 from __future__ import annotations
 
-import math
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import scipy.sparse as sp
 from affine import Affine
-from odc.geo.geobox import GeoBox
-from pyproj import CRS as ProjCRS
-from pyproj import Transformer
 
-__all__ = ["SourceGrid", "Plan", "plan"]
+__all__ = ["SourceGrid", "Plan"]
 
-_STEP = 16  # cell pixels between exactly projected points (different CRS)
-_EPS = 1e-6  # pixels: offsets and ratios closer than this to whole numbers are whole
-_MAX_SCALE = 1.05  # source pixels per cell pixel above which the 4-tap kernel would alias
 _MIN_WEIGHT = 1e-5  # GDAL's: less valid weight than this is nodata
 
 
@@ -71,7 +68,7 @@ class Plan:
     ``window`` is the part of the source that is read: ``(row0, row1, col0, col1)``.
     """
 
-    kind: str  #: ``"slice"``, ``"gather"`` or ``"bilinear"``
+    kind: str  #: ``"slice"``, ``"gather"``, ``"axes"`` or ``"bilinear"``
     window: tuple[int, int, int, int]
     shape: tuple[int, int]  #: the cell's ``(H, W)``
     #: slice: ``(y0, y1, x0, x1)`` in the cell that the window fills
@@ -81,6 +78,11 @@ class Plan:
     index: np.ndarray | None = None
     inside: np.ndarray | None = None  #: ``(H * W,)``: the centre falls inside the source
     matrix: sp.csr_matrix | None = None  #: bilinear: ``(H * W, window pixels)`` weights
+    #: axes: per axis (rows ``(H,)``, then columns ``(W,)``), the window's first and second tap,
+    #: their float32 weights (``None`` for nearest: the first tap only), the tap the centre falls
+    #: in, and whether the centre is inside the source
+    rows: tuple | None = None
+    cols: tuple | None = None
 
     def empty(self) -> bool:
         """Whether no cell pixel takes anything from the source."""
@@ -89,7 +91,7 @@ class Plan:
 
     def resample(
         self, windows: Sequence[np.ndarray], nodata: Sequence[float | None]
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, list[np.ndarray | None]]:
         """Resample bands of this grid onto the cell.
 
         Args:
@@ -98,62 +100,150 @@ class Plan:
 
         Returns:
             ``(values, missing)``: ``(N, H, W)`` values -- float32 for ``bilinear`` (unrounded),
-            the source dtype otherwise -- and ``(N, H, W)`` bool, True where a pixel has no data.
+            the source dtype otherwise -- and for each band an ``(H, W)`` bool mask, True where
+            a pixel has no data, or ``None`` where all have data. Bands without no data of their
+            own share one mask object (the pixels outside the source).
         """
         H, W = self.shape
         N = len(windows)
         dtype = windows[0].dtype if windows else np.dtype(np.float32)
         if self.empty():
             out_dtype = np.float32 if self.kind == "bilinear" else dtype
-            return np.zeros((N, H, W), out_dtype), np.ones((N, H, W), bool)
+            return np.zeros((N, H, W), out_dtype), [np.ones((H, W), bool)] * N
         if self.kind == "slice":
             y0, y1, x0, x1 = self.paste
             values = np.zeros((N, H, W), dtype)
-            missing = np.ones((N, H, W), bool)
+            outside = None
+            if (y0, y1, x0, x1) != (0, H, 0, W):
+                outside = np.ones((H, W), bool)
+                outside[y0:y1, x0:x1] = False
+            missing = []
             for b, (win, nd) in enumerate(zip(windows, nodata, strict=True)):
                 values[b, y0:y1, x0:x1] = win
                 bad = _missing(win, nd)
-                missing[b, y0:y1, x0:x1] = False if bad is None else bad
+                if bad is not None:
+                    m = np.ones((H, W), bool) if outside is not None else np.empty((H, W), bool)
+                    m[y0:y1, x0:x1] = bad
+                    bad = m
+                missing.append(outside if bad is None else bad)
             return values, missing
         if self.kind == "gather":
             values = np.zeros((N, H * W), dtype)
-            missing = np.ones((N, H * W), bool)
+            outside = None if self.inside.all() else ~self.inside.reshape(H, W)
+            missing = []
             for b, (win, nd) in enumerate(zip(windows, nodata, strict=True)):
                 v = win.ravel()[self.index]
                 values[b, self.inside] = v
                 bad = _missing(v, nd)
-                missing[b, self.inside] = False if bad is None else bad
-            return values.reshape(N, H, W), missing.reshape(N, H, W)
+                if bad is not None:
+                    m = np.ones(H * W, bool)
+                    m[self.inside] = bad
+                    bad = m.reshape(H, W)
+                missing.append(outside if bad is None else bad)
+            return values.reshape(N, H, W), missing
+        if self.kind == "axes":
+            return self._axes(windows, nodata)
         return self._bilinear(windows, nodata)
+
+    def _axes(
+        self, windows: Sequence[np.ndarray], nodata: Sequence[float | None]
+    ) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        # separable: rows first (H, w), then columns (H, W); the 2-D weight of a tap is the
+        # product of its row and column weights, as in the 4-tap matrix
+        H, W = self.shape
+        ri0, ri1, wy, rc, rin = self.rows
+        ci0, ci1, wx, cc, cin = self.cols
+        outside = None if rin.all() and cin.all() else ~(rin[:, None] & cin[None, :])
+        missing: list[np.ndarray | None] = []
+        if wy is None:  # nearest
+            values = np.stack([win[ri0][:, ci0] for win in windows])
+            for b, nd in enumerate(nodata):
+                bad = _missing(values[b], nd)
+                missing.append(
+                    outside if bad is None else bad if outside is None else bad | outside
+                )
+            return values, missing
+        wy0, wy1 = wy[0][:, None], wy[1][:, None]
+        wx0, wx1 = wx[0], wx[1]
+
+        def apply(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+            t = x[ri0]
+            t *= wy0
+            t += x[ri1] * wy1
+            y = np.multiply(t[:, ci0], wx0, out=out)
+            y += t[:, ci1] * wx1
+            return y
+
+        values = np.empty((len(windows), H, W), np.float32)
+        for b, (win, nd) in enumerate(zip(windows, nodata, strict=True)):
+            bad = _missing(win, nd)
+            if bad is None:
+                apply(win.astype(np.float32), out=values[b])
+                missing.append(outside)
+                continue
+            x = win.astype(np.float32)
+            x[bad] = 0.0
+            s = apply((~bad).astype(np.float32))
+            # as GDAL: nodata where the centre's own pixel is, or the taps' weight is ~0
+            ok = (s >= _MIN_WEIGHT) & ~bad[rc][:, cc]
+            values[b] = 0.0
+            np.divide(apply(x), s, out=values[b], where=ok)
+            miss = ~ok
+            if outside is not None:
+                miss |= outside
+            missing.append(miss)
+        return values, missing
 
     def _bilinear(
         self, windows: Sequence[np.ndarray], nodata: Sequence[float | None]
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, list[np.ndarray | None]]:
         H, W = self.shape
         N = len(windows)
         r0, r1, c0, c1 = self.window
         X = np.empty(((r1 - r0) * (c1 - c0), N), np.float32)  # pixels x bands, as the product wants
-        holes = []
+        bads = []
         for b, (win, nd) in enumerate(zip(windows, nodata, strict=True)):
             X[:, b] = win.ravel()
-            bad = _missing(win, nd)
-            if bad is not None:
-                holes.append((b, bad.ravel()))
-                X[holes[-1][1], b] = 0.0
-        Y = self.matrix @ X  # (H * W, N)
-        outside = ~self.inside
-        if not holes:
-            return Y.T.reshape(N, H, W), np.broadcast_to(outside.reshape(H, W), (N, H, W))
-        # renormalise over the taps that have data, per band
-        S = self.matrix @ np.stack([~bad for _, bad in holes], 1).astype(np.float32)
-        missing = np.empty((N, H * W), bool)
-        missing[:] = outside
-        for k, (b, bad) in enumerate(holes):
-            # as GDAL: nodata where the centre's own pixel is, or the taps' weight is ~0
-            ok = (S[:, k] >= _MIN_WEIGHT) & ~bad[self.index]
-            Y[ok, b] /= S[ok, k]
-            missing[b] |= ~ok
-        return Y.T.reshape(N, H, W), missing.reshape(N, H, W)
+            bads.append(_missing(win, nd))
+        outside = None if self.inside.all() else ~self.inside.reshape(H, W)
+        if all(bad is None for bad in bads):
+            Y = self.matrix @ X  # (H * W, N)
+            return np.ascontiguousarray(Y.T).reshape(N, H, W), [outside] * N
+        # renormalise over the taps that have data, per band; bands with the same holes (the
+        # usual case: a swath edge) share the weights
+        shared: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (bad, ok, S)
+        keep = []
+        for b, bad in enumerate(bads):
+            if bad is None:
+                keep.append(None)
+                continue
+            X[bad.ravel(), b] = 0.0
+            for k, (other, _, _) in enumerate(shared):
+                if other is bad or np.array_equal(other, bad):
+                    keep.append(k)
+                    break
+            else:
+                keep.append(len(shared))
+                shared.append((bad, None, None))
+        if shared:
+            S = self.matrix @ np.stack([~bad.ravel() for bad, _, _ in shared], 1).astype(np.float32)
+            for k, (bad, _, _) in enumerate(shared):
+                # as GDAL: nodata where the centre's own pixel is, or the taps' weight is ~0
+                ok = (S[:, k] >= _MIN_WEIGHT) & ~bad.ravel()[self.index]
+                miss = ~ok.reshape(H, W)
+                if outside is not None:
+                    miss |= outside
+                shared[k] = (bad, ok, miss)
+        Y = np.ascontiguousarray((self.matrix @ X).T)  # (N, H * W)
+        missing: list[np.ndarray | None] = []
+        for b, k in enumerate(keep):
+            if k is None:
+                missing.append(outside)
+                continue
+            _, ok, miss = shared[k]
+            np.divide(Y[b], S[:, k], out=Y[b], where=ok)
+            missing.append(miss)
+        return Y.reshape(N, H, W), missing
 
 
 def _missing(values: np.ndarray, nodata: float | None) -> np.ndarray | None:
@@ -165,167 +255,3 @@ def _missing(values: np.ndarray, nodata: float | None) -> np.ndarray | None:
         eq = values == nodata
         bad = eq if bad is None else bad | eq
     return bad if bad is not None and bad.any() else None
-
-
-# ---------------------------------------------------------------------------------------- planning
-
-_lock = threading.Lock()
-
-
-@lru_cache(maxsize=64)
-def _transformer(src: str, dst: str) -> Transformer:
-    return Transformer.from_crs(ProjCRS.from_user_input(dst), ProjCRS.from_user_input(src),
-                                always_xy=True)  # fmt: skip
-
-
-@lru_cache(maxsize=256)
-def _same_crs(a: str, b: str) -> bool:
-    return a == b or ProjCRS.from_user_input(a) == ProjCRS.from_user_input(b)
-
-
-def _centres(grid: SourceGrid, geobox: GeoBox, cache: dict | None) -> tuple[np.ndarray, np.ndarray]:
-    """Source pixel coordinates ``(col, row)`` of every cell pixel centre, ``(H, W)`` float64.
-
-    ``cache`` keeps the centres in each source CRS for the cell's other grids.
-    """
-    H, W = geobox.shape
-    dst, inv = geobox.affine, ~grid.transform
-    dst_crs = str(geobox.crs)
-    if _same_crs(grid.crs, dst_crs):
-        m = inv * dst
-        j, i = np.arange(W) + 0.5, (np.arange(H) + 0.5)[:, None]
-        return m.a * j + m.b * i + m.c, m.d * j + m.e * i + m.f
-    xy = cache.get(("centres", grid.crs)) if cache is not None else None
-    if xy is None:  # exactly at every _STEP-th pixel centre (and the last), linearly in between
-        jc = np.unique(np.r_[np.arange(0, W, _STEP), W - 1]) + 0.5
-        ic = np.unique(np.r_[np.arange(0, H, _STEP), H - 1]) + 0.5
-        JC, IC = np.meshgrid(jc, ic)
-        x, y = dst.c + dst.a * JC + dst.b * IC, dst.f + dst.d * JC + dst.e * IC
-        with _lock:  # a Transformer is not to be shared by threads
-            xs, ys = _transformer(grid.crs, dst_crs).transform(x, y)
-        xy = _interp2(np.asarray(xs), jc, ic, W, H), _interp2(np.asarray(ys), jc, ic, W, H)
-        if cache is not None:
-            cache["centres", grid.crs] = xy
-    xs, ys = xy
-    return inv.a * xs + inv.b * ys + inv.c, inv.d * xs + inv.e * ys + inv.f
-
-
-def _interp2(C: np.ndarray, jc: np.ndarray, ic: np.ndarray, W: int, H: int) -> np.ndarray:
-    """Values ``C`` at ``(ic, jc)`` interpolated bilinear to every pixel centre of ``(H, W)``."""
-
-    def axis(nodes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        p = np.arange(n) + 0.5
-        k = np.clip(np.searchsorted(nodes, p, side="right") - 1, 0, max(len(nodes) - 2, 0))
-        if len(nodes) == 1:
-            return k, np.zeros(n)
-        return k, (p - nodes[k]) / (nodes[k + 1] - nodes[k])
-
-    kx, tx = axis(jc, W)
-    ky, ty = axis(ic, H)
-    if len(jc) == 1 or len(ic) == 1:  # a one-pixel-wide cell: nothing to interpolate across
-        return C[np.minimum(ky, len(ic) - 1)][:, np.minimum(kx, len(jc) - 1)]
-    top = C[ky][:, kx] * (1 - tx) + C[ky][:, kx + 1] * tx
-    bottom = C[ky + 1][:, kx] * (1 - tx) + C[ky + 1][:, kx + 1] * tx
-    return top * (1 - ty)[:, None] + bottom * ty[:, None]
-
-
-def _whole(v: float) -> int | None:
-    r = round(v)
-    return r if abs(v - r) < _EPS else None
-
-
-def _block(grid: SourceGrid, geobox: GeoBox) -> int | None:
-    """``k`` if each source pixel is a whole ``k x k`` block of cell pixels (same CRS), or None."""
-    src, dst = grid.transform, geobox.affine
-    if (src.b, src.d, dst.b, dst.d) != (0, 0, 0, 0) or src.e >= 0 or dst.e >= 0:
-        return None
-    k, ky = _whole(src.a / dst.a), _whole(src.e / dst.e)
-    row, col = _whole((src.f - dst.f) / -dst.e), _whole((dst.c - src.c) / dst.a)
-    if k is None or k != ky or k < 1 or row is None or col is None:
-        return None
-    return k if _same_crs(grid.crs, str(geobox.crs)) else None
-
-
-def _taps(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Bilinear taps along one axis.
-
-    Returns the first tap ``floor(x)`` (int64), the second, the fraction, and the two weights
-    ``(2, P)`` float32, taps outside ``0..n-1`` left out and the others renormalised.
-    """
-    first = np.floor(x)
-    frac = (x - first).astype(np.float32)
-    first = first.astype(np.int64)
-    w = np.stack([1 - frac, frac])
-    w[0][(first < 0) | (first >= n)] = 0.0
-    w[1][(first + 1 < 0) | (first + 1 >= n)] = 0.0
-    total = w[0] + w[1]
-    np.divide(w, total, out=w, where=total > 0)
-    return first, first + 1, frac, w
-
-
-def plan(
-    grid: SourceGrid, geobox: GeoBox, kernel: str, *, centres: dict | None = None
-) -> Plan | None:
-    """The plan that resamples ``grid`` onto the cell ``geobox`` with ``kernel``, or ``None``.
-
-    Args:
-        grid: the source's pixel grid.
-        geobox: the cell's.
-        kernel: ``"nearest"``, ``"bilinear"``, ``"average"`` or ``"cubic"``.
-        centres: a dict kept for one cell: where its pixel centres fall in each source CRS
-            (computed once for all the cell's grids).
-
-    Returns:
-        The plan, or ``None`` where it would not be the kernel's answer (see the module
-        docstring): the caller warps with GDAL.
-    """
-    H, W = geobox.shape
-    block = _block(grid, geobox)
-    if kernel not in ("nearest", "bilinear") and not (kernel == "average" and block is not None):
-        return None
-    u, v = _centres(grid, geobox, centres)  # source (col, row) of each centre
-    inside = ((u >= 0) & (u < grid.width) & (v >= 0) & (v < grid.height)).ravel()
-    if not inside.any():
-        return Plan("slice", (0, 0, 0, 0), (H, W))
-    if block == 1:  # the source's own pixels: copy
-        j0, i0 = math.floor(u[0, 0]), math.floor(v[0, 0])
-        r0, r1 = max(i0, 0), min(i0 + H, grid.height)
-        c0, c1 = max(j0, 0), min(j0 + W, grid.width)
-        return Plan("slice", (r0, r1, c0, c1), (H, W), paste=(r0 - i0, r1 - i0, c0 - j0, c1 - j0))
-    if kernel != "bilinear":  # nearest, or average over whole blocks
-        i = np.floor(v).astype(np.int64).ravel()[inside]
-        j = np.floor(u).astype(np.int64).ravel()[inside]
-        r0, r1, c0, c1 = int(i.min()), int(i.max()) + 1, int(j.min()), int(j.max()) + 1
-        index = (i - r0) * (c1 - c0) + (j - c0)
-        return Plan("gather", (r0, r1, c0, c1), (H, W), index=index, inside=inside)
-    # source pixels per cell pixel, from the Jacobian of the map (not the bounding box)
-    if H > 1 and W > 1:
-        sx = math.hypot(u[0, 1] - u[0, 0], v[0, 1] - v[0, 0])
-        sy = math.hypot(u[1, 0] - u[0, 0], v[1, 0] - v[0, 0])
-        if max(sx, sy) > _MAX_SCALE:
-            return None
-    i, j, fy, wy = _taps((v - 0.5).ravel(), grid.height)  # rows: first tap, weights
-    jj, _, fx, wx = _taps((u - 0.5).ravel(), grid.width)  # cols
-    inside &= (wy[0] + wy[1] > 0) & (wx[0] + wx[1] > 0)
-    r0, r1 = max(int(i[inside].min()), 0), min(int(i[inside].max()) + 2, grid.height)
-    c0, c1 = max(int(jj[inside].min()), 0), min(int(jj[inside].max()) + 2, grid.width)
-    h, w = r1 - r0, c1 - c0
-    row0, row1 = np.clip(i - r0, 0, h - 1) * w, np.clip(i + 1 - r0, 0, h - 1) * w
-    col0, col1 = np.clip(jj - c0, 0, w - 1), np.clip(jj + 1 - c0, 0, w - 1)
-    P = H * W
-    index = np.empty((P, 4), np.int32)
-    weight = np.empty((P, 4), np.float32)
-    for k, (rr, cc, a, b) in enumerate(
-        ((row0, col0, wy[0], wx[0]), (row0, col1, wy[0], wx[1]),
-         (row1, col0, wy[1], wx[0]), (row1, col1, wy[1], wx[1]))
-    ):  # fmt: skip
-        index[:, k] = rr + cc
-        np.multiply(a, b, out=weight[:, k])
-    weight[~inside] = 0.0
-    matrix = sp.csr_matrix(
-        (weight.ravel(), index.ravel(), np.arange(0, 4 * P + 1, 4, dtype=np.int32)),
-        shape=(P, h * w),
-    )
-    # the source pixel each centre falls in: GDAL leaves a cell pixel nodata where that one is
-    centre = np.where(fy >= 0.5, row1, row0) + np.where(fx >= 0.5, col1, col0)
-    return Plan("bilinear", (r0, r1, c0, c1), (H, W), index=centre, inside=inside, matrix=matrix)

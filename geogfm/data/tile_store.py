@@ -16,7 +16,9 @@ and removing folders is the slow part of a file system (2 ms per folder removed 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +27,10 @@ import numpy as np
 import xarray as xr
 from xarray.coding.times import encode_cf_datetime
 
-from geogfm.data.tile_cache import CODEC
+from geogfm.data.datasets.sentinel2 import band
+from geogfm.data.tile_cache import CACHE_NODATA, CACHE_OFFSET, CACHE_SCALE, CODEC, Cell
 
-__all__ = ["write_cell"]
+__all__ = ["cell_dataset", "write_cell"]
 
 _BLOSC_SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 _CHUNKED = {"reflectance", "valid", "scl"}  # one chunk per time step; the rest: one chunk
@@ -168,3 +171,94 @@ def _bytes(data: np.ndarray, dtype: str) -> bytes:
 
 def _doc(meta: dict) -> bytes:
     return json.dumps(meta, indent=2).encode()
+
+
+def cell_dataset(
+    cell: Cell,
+    bands: Sequence[str],
+    refl: np.ndarray,
+    valid: np.ndarray,
+    scl: np.ndarray,
+    times: Sequence[dt.datetime],
+    item_ids: Sequence[str],
+    mask_scl_classes: Sequence[int],
+) -> xr.Dataset:
+    """The cell's arrays as the cache's xarray Dataset, with coordinates and CF grid mapping.
+
+    Args:
+        cell: the cell.
+        bands: the band names, in order.
+        refl: ``(T, C, H, W)`` uint16 cache DN.
+        valid: ``(T, H, W)`` bool.
+        scl: ``(T, H, W)`` uint8 scene classes.
+        times: each time step's acquisition time (timezone-aware).
+        item_ids: each time step's items, comma-separated.
+        mask_scl_classes: the SCL classes masked out of ``valid``.
+
+    Returns:
+        The dataset that :func:`write_cell` writes. Its coordinates carry no pandas indexes
+        (building them is a large part of the cost, and the store does not keep them):
+        ``xarray.open_zarr`` of the store has them.
+    """
+    H, W = cell.geobox.shape
+    res = cell.geobox.resolution.x
+    left, top = cell.geobox.affine.c, cell.geobox.affine.f
+    res_y = abs(cell.geobox.resolution.y)
+    wkt = cell.geobox.crs.to_wkt()
+    grid = {"grid_mapping": "spatial_ref"}
+    time = np.array([t.astimezone(dt.UTC).replace(tzinfo=None) for t in times], "datetime64[ns]")
+    return xr.Dataset(
+        {
+            "reflectance": (
+                ("time", "band", "y", "x"),
+                refl,
+                {
+                    "long_name": "surface reflectance / scale",
+                    "scale": CACHE_SCALE,
+                    "offset": CACHE_OFFSET,
+                    "nodata": CACHE_NODATA,
+                    **grid,
+                },
+            ),
+            "valid": (
+                ("time", "y", "x"),
+                valid,
+                {
+                    "long_name": "all bands have data and scl is not masked",
+                    "mask_scl_classes": [int(c) for c in mask_scl_classes],
+                    **grid,
+                },
+            ),
+            "scl": (("time", "y", "x"), scl, {"long_name": "scene classification", **grid}),
+        },
+        coords=xr.Coordinates(
+            {
+                "time": ("time", time),
+                "band": ("band", np.array(list(bands), dtype=object)),
+                "y": ("y", top - (np.arange(H) + 0.5) * res_y),
+                "x": ("x", left + (np.arange(W) + 0.5) * res),
+                "item_id": ("time", np.array(item_ids, dtype=object)),
+                "center_wavelength": (
+                    "band",
+                    np.array([band(b).center_wavelength for b in bands]),
+                    {"long_name": "band centre wavelength", "units": "um"},
+                ),
+                "spatial_ref": (
+                    (),
+                    np.int32(0),
+                    {
+                        "crs_wkt": wkt,
+                        "spatial_ref": wkt,
+                        "GeoTransform": f"{left} {res} 0.0 {top} 0.0 {-res_y}",
+                    },
+                ),
+            },
+            indexes={},
+        ),
+        attrs={
+            "crs": cell.crs,
+            "transform": [float(v) for v in tuple(cell.geobox.affine)[:6]],
+            "resolution": float(res),
+            "cell_id": cell.id,
+        },
+    )

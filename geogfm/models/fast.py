@@ -14,6 +14,11 @@ them to ``assert_close``); this module is the fast one, for the training loop an
   in patch order, ``(row, col, band)`` with band fastest (``patchify``), for the patch embedding and
   for the loss target; from ``(B, C, H, W)`` memory each value is a separate strided load, from
   band-fastest memory a patch row is ``p * C`` contiguous values;
+- only the removed patches predicted: :class:`TrainStep` asks for no prediction
+  (``return_pred=False``), so the decoder's final norm and projection and the loss run on the
+  removed patches alone (the readable path predicts all, as MAE, and the loss drops the kept ones);
+- each Linear's bias added in the elementwise loop that reads its output (GELU, residual add)
+  instead of written into the output before the GEMM (:class:`UnfuseBiasOnCPU`, CPU only);
 - AdamW's ``fused=True`` kernel (CPU and CUDA): one pass over every parameter, where the readable
   ``foreach=False`` loop runs ~10 small ops per parameter tensor.
 
@@ -28,11 +33,13 @@ or, inside a loop that owns its step: ``net = CompiledMAE(mae)`` and call ``net`
 
 from __future__ import annotations
 
+import operator
 from contextlib import nullcontext
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
 __all__ = ["CompiledMAE", "TrainStep", "band_fastest"]
 
@@ -44,6 +51,75 @@ def band_fastest(imgs: Tensor) -> Tensor:
     when ``imgs`` is laid out so already.
     """
     return imgs.movedim(-3, -1).contiguous().movedim(-1, -3)
+
+
+def _pointwise_or_saved(node: fx.Node) -> bool:
+    """Every use of ``node`` (through views) is elementwise, or the graph's output."""
+    if node.op == "output":
+        return True
+    if node.op != "call_function":
+        return False
+    target = node.target
+    if target is operator.getitem or (isinstance(target, torch._ops.OpOverload) and target.is_view):
+        return all(_pointwise_or_saved(u) for u in node.users)
+    return isinstance(target, torch._ops.OpOverload) and torch.Tag.pointwise in target.tags
+
+
+class UnfuseBiasOnCPU(CustomGraphPass):
+    """Inductor pass: ``addmm(bias, a, b)`` -> ``mm(a, b) + bias`` on the CPU, where possible.
+
+    Where every use of the result is elementwise (GELU, residual add, norm, loss) or saved for
+    backward. ``addmm`` writes the bias into its output before the GEMM accumulates into it, one
+    extra pass over every Linear output; unfused, the bias add joins the elementwise loop that
+    reads the output anyway. Inductor does this itself on GPUs (``unfuse_bias_add_to_pointwise``);
+    on the CPU it keeps ``addmm``. Same values up to float rounding order.
+    """
+
+    def __call__(self, graph: fx.Graph) -> None:
+        aten = torch.ops.aten
+        for node in list(graph.nodes):
+            if node.target is not aten.addmm.default or len(node.args) != 3:
+                continue
+            bias, a, b = node.args
+            val = node.meta.get("val")
+            if (
+                val is None
+                or val.device.type != "cpu"
+                or node.kwargs.get("beta", 1) != 1
+                or node.kwargs.get("alpha", 1) != 1
+                or not isinstance(bias, fx.Node)
+                or bias.meta["val"].ndim != 1
+                or not all(_pointwise_or_saved(u) for u in node.users)
+            ):
+                continue
+            with graph.inserting_before(node):
+                mm = graph.call_function(aten.mm.default, (a, b))
+                add = graph.call_function(aten.add.Tensor, (mm, bias))
+            mm.meta.update(node.meta)
+            add.meta.update(node.meta)
+            node.replace_all_uses_with(add)
+            graph.erase_node(node)
+
+    def uuid(self) -> Any:
+        return get_hash_for_files((__file__,))
+
+
+_UNFUSE_BIAS = UnfuseBiasOnCPU()
+
+
+def inductor_options(compile_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``torch.compile`` keyword arguments with :class:`UnfuseBiasOnCPU` added for Inductor.
+
+    A ``mode`` becomes its Inductor options (``torch.compile`` takes a mode or options, not
+    both); other backends are left as they are.
+    """
+    kwargs = dict(compile_kwargs)
+    if kwargs.get("backend", "inductor") != "inductor":
+        return kwargs
+    mode = kwargs.pop("mode", None)
+    options = torch._inductor.list_mode_options(mode) if mode else {}
+    options = {"post_grad_custom_post_pass": _UNFUSE_BIAS, **options}
+    return {**kwargs, "options": {**options, **kwargs.get("options", {})}}
 
 
 class CompiledMAE(nn.Module):
@@ -63,7 +139,7 @@ class CompiledMAE(nn.Module):
     def __init__(self, model: nn.Module, *, fullgraph: bool = True, **compile_kwargs: Any) -> None:
         super().__init__()
         self.module = model
-        compiled = torch.compile(model, fullgraph=fullgraph, **compile_kwargs)
+        compiled = torch.compile(model, fullgraph=fullgraph, **inductor_options(compile_kwargs))
         object.__setattr__(self, "compiled", compiled)  # not a submodule: no second state dict
 
     def forward(self, imgs: Tensor, valid: Tensor | None = None, **kwargs: Any) -> Any:
@@ -113,7 +189,7 @@ class TrainStep:
         if self.amp_dtype is not None:
             amp = torch.autocast(imgs.device.type, dtype=self.amp_dtype)
         with amp:
-            loss, _, _ = self.forward(imgs, valid, noise=noise)
+            loss, _, _ = self.forward(imgs, valid, noise=noise, return_pred=False)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

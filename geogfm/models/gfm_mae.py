@@ -22,7 +22,11 @@ What differs from facebookresearch/mae ``models_mae.py``:
   ``masking_noise`` outside the compiled call);
 - the kept count is ``round(L * (1 - mask_ratio))`` (nearest, halves up; MAE floors), see
   :func:`num_kept`;
-- the encoder is built outside and passed in, so probes and figures use the same object.
+- the encoder is built outside and passed in, so probes and figures use the same object;
+- a training step needs only the loss: ``forward(..., return_pred=False)`` returns no prediction,
+  and the fused path (``model.fused_attn``) then predicts only the removed patches, the only ones
+  the loss reads (the decoder's final norm and projection act on each token alone); the readable
+  path still predicts every patch, as MAE.
 
 Mask convention (everywhere in geogfm): ``mask`` is (B, L) float, 0 = kept (visible to the encoder),
 1 = removed (predicted and scored).
@@ -64,6 +68,11 @@ def num_kept(L: int, mask_ratio: float) -> int:
     return math.floor(round(L * (1.0 - mask_ratio), 6) + 0.5)
 
 
+def _rows(x: Tensor, ids: Tensor) -> Tensor:
+    """Tokens ``ids`` (B, M) of ``x`` (B, L, K): (B, M, K)."""
+    return torch.gather(x, 1, ids[..., None].expand(-1, -1, x.shape[-1]))
+
+
 class MaskedAutoencoder(nn.Module):
     """MAE around a :class:`GeoViTBackbone`.
 
@@ -100,6 +109,8 @@ class MaskedAutoencoder(nn.Module):
         self.num_patches = pe.num_tokens  # N = T/tt * h * w (L for one date)
         self.mask_ratio = cfg.mask_ratio
         self.norm_pix_loss = cfg.norm_pix_loss
+        # the fused path predicts only the removed patches when no prediction is returned
+        self.predict_removed_only = cfg.fused_attn
 
         # encoder: the ViT, seeing only kept patches
         self.encoder = encoder
@@ -183,17 +194,29 @@ class MaskedAutoencoder(nn.Module):
         latent = self.encoder.forward_features(imgs, ids_keep, **meta)  # (B, 1 + L', D)
         return latent, mask, ids_restore
 
-    def forward_decoder(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
-        """Predict every patch's pixels from the encoded kept tokens: (B, L, p*p*C)."""
-        return self.decoder(latent, ids_restore)
+    def forward_decoder(
+        self, latent: Tensor, ids_restore: Tensor, ids_pred: Tensor | None = None
+    ) -> Tensor:
+        """Predict every patch's pixels from the encoded kept tokens: (B, L, p*p*C).
+
+        ``ids_pred`` (B, M): only these patches' pixels, (B, M, p*p*C).
+        """
+        return self.decoder(latent, ids_restore, ids_pred)
 
     def forward_loss(
-        self, imgs: Tensor, pred: Tensor, mask: Tensor, valid: Tensor | None = None
+        self,
+        imgs: Tensor,
+        pred: Tensor,
+        mask: Tensor,
+        valid: Tensor | None = None,
+        ids_pred: Tensor | None = None,
     ) -> Tensor:
         """MSE on removed patches over valid pixels; ``valid`` (B, [T,] H, W) bool or None.
 
         With ``norm_pix_loss`` the target patches are standardised over their valid pixels (in
-        :func:`mae_loss`), and ``pred`` lives in that normalised space.
+        :func:`mae_loss`), and ``pred`` lives in that normalised space. ``ids_pred`` (B, M):
+        ``pred`` (B, M, p*p*C) holds only these patches; the targets, weights and mask are
+        gathered to them.
         """
         target = self.patchify(imgs)  # (B, L, p*p*C)
         weight = None
@@ -205,6 +228,10 @@ class MaskedAutoencoder(nn.Module):
                     f"for images of shape {tuple(imgs.shape)}"
                 )
             weight = self.patchify(valid.unsqueeze(-3).to(imgs.dtype))  # (B, L, tt*p*p)
+        if ids_pred is not None:  # only the predicted patches: (B, M, ...)
+            target = _rows(target, ids_pred)
+            weight = None if weight is None else _rows(weight, ids_pred)
+            mask = torch.gather(mask, 1, ids_pred)
         return mae_loss(pred, target, mask, weight, norm_pix=self.norm_pix_loss)
 
     def forward(
@@ -217,7 +244,8 @@ class MaskedAutoencoder(nn.Module):
         noise: Tensor | None = None,
         dates: Tensor | None = None,
         latlon: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        return_pred: bool = True,
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
         """Mask, encode, decode, score ``imgs`` (B, C, H, W) or (B, T, C, H, W).
 
         Args:
@@ -229,9 +257,11 @@ class MaskedAutoencoder(nn.Module):
                 ``generator``. Pass it to a ``torch.compile``'d model.
             dates: (B, T, 2) (year, day-of-year), with ``model.temporal_encoding``.
             latlon: (B, 2) degrees, with ``model.location_encoding``.
+            return_pred: False: return None for ``pred``; the fused path then predicts only the
+                removed patches (a training step needs only the loss). Same loss either way.
 
         Returns:
-            loss (scalar), pred (B, L, p*p*C), mask (B, L) with 1 = removed.
+            loss (scalar), pred (B, L, p*p*C) or None, mask (B, L) with 1 = removed.
         """
         mask_ratio = self.mask_ratio if mask_ratio is None else mask_ratio
         B, L = imgs.shape[0], self.num_patches
@@ -241,6 +271,11 @@ class MaskedAutoencoder(nn.Module):
             raise ValueError(f"noise has shape {tuple(noise.shape)}, expected (B, L) = {B, L}")
         meta = {"dates": dates, "latlon": latlon}
         latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise, **meta)
-        pred = self.forward_decoder(latent, ids_restore)  # (B, L, p*p*C)
-        loss = self.forward_loss(imgs, pred, mask, valid)
-        return loss, pred, mask
+        ids_pred = None
+        if not return_pred and self.predict_removed_only:
+            # the removed patches, the only ones the loss reads: the tail of the shuffle
+            ids_shuffle = torch.argsort(ids_restore, dim=1)  # exact: ids_restore is a permutation
+            ids_pred = ids_shuffle[:, num_kept(L, mask_ratio) :]  # (B, L - L')
+        pred = self.forward_decoder(latent, ids_restore, ids_pred)  # (B, L | L - L', p*p*C)
+        loss = self.forward_loss(imgs, pred, mask, valid, ids_pred)
+        return loss, (pred if return_pred else None), mask

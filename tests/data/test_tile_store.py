@@ -12,8 +12,7 @@ from odc.geo.geobox import GeoBox
 
 from geogfm.data.cache_reader import ChunkReader
 from geogfm.data.tile_cache import CODEC, Cell
-from geogfm.data.tile_load import _dataset
-from geogfm.data.tile_store import write_cell
+from geogfm.data.tile_store import cell_dataset, write_cell
 from geogfm.data.zarr_windows import ZarrWindows
 
 BANDS = ["blue", "green", "red", "nir08"]
@@ -30,7 +29,7 @@ def cell_ds() -> xr.Dataset:
     scl = rng.integers(0, 12, (T, H, W), dtype=np.uint8)
     times = [dt.datetime(2021, 8, 14, 10, 5, 31, 123456, dt.UTC) + dt.timedelta(days=40 * k)
              for k in range(T)]  # fmt: skip
-    return _dataset(cell, BANDS, refl, valid, scl, times, ["a", "b,c", "d"], [0, 1, 3])
+    return cell_dataset(cell, BANDS, refl, valid, scl, times, ["a", "b,c", "d"], [0, 1, 3])
 
 
 def test_store_reads_back_as_xarrays_own(tmp_path, cell_ds):
@@ -41,7 +40,10 @@ def test_store_reads_back_as_xarrays_own(tmp_path, cell_ds):
     ours = xr.open_zarr(tmp_path / "ours.zarr", consolidated=False).load()
     theirs = xr.open_zarr(tmp_path / "xr.zarr", consolidated=False).load()
     xr.testing.assert_identical(ours, theirs)
-    xr.testing.assert_identical(ours, cell_ds)
+    indexed = cell_ds  # the dataset carries no indexes (cheaper); the store's reader makes them
+    for dim in ("time", "band", "y", "x"):
+        indexed = indexed.set_xindex(dim)
+    xr.testing.assert_identical(ours, indexed)
     for name in ("reflectance", "valid", "scl"):
         assert ours[name].encoding["chunks"] == theirs[name].encoding["chunks"]
         assert ours[name].encoding["chunks"][0] == 1  # one chunk per time step

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from geogfm.core.config import ModelConfig
-from geogfm.models.fast import CompiledMAE, TrainStep, band_fastest
+from geogfm.models.fast import CompiledMAE, TrainStep, UnfuseBiasOnCPU, band_fastest
 from geogfm.models.gfm_mae import MaskedAutoencoder
 from geogfm.models.gfm_vit import GeoViTBackbone, gfm_vit_tiny
 
@@ -155,3 +155,41 @@ def test_compiled_mae_wraps_the_model() -> None:
     torch.testing.assert_close(net(imgs, valid, noise=noise), model(imgs, valid, noise=noise))
     with net.no_sync():  # a no-op without DDP, so a loop may call it either way
         pass
+
+
+def _unfused_backend(seen: list[torch.fx.Graph]):
+    # AOTAutograd's forward graph, rewritten by the pass and then run eagerly (no Inductor)
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    def forward_compiler(gm: torch.fx.GraphModule, example_inputs):
+        UnfuseBiasOnCPU()(gm.graph)
+        gm.recompile()
+        seen.append(gm.graph)
+        return make_boxed_func(gm)
+
+    return aot_autograd(fw_compiler=forward_compiler)
+
+
+def test_unfuse_bias_pass_keeps_values_and_gradients() -> None:
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(
+        torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 8)
+    )  # both biases unfused: GELU, then the residual add and the sum
+    qk = torch.nn.Linear(8, 8)  # its output goes into a matmul: stays addmm
+
+    def f(x):
+        y = x + mlp(x)
+        return (qk(y) @ y.transpose(-2, -1)).square().mean()
+
+    x = torch.randn(3, 5, 8)
+    want = f(x)
+    want_grads = torch.autograd.grad(want, [*mlp.parameters(), *qk.parameters()])
+    graphs: list[torch.fx.Graph] = []
+    got = torch.compile(f, backend=_unfused_backend(graphs), fullgraph=True)(x)
+    got_grads = torch.autograd.grad(got, [*mlp.parameters(), *qk.parameters()])
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_grads, want_grads)
+    ops = [n.target for n in graphs[0].nodes if n.op == "call_function"]
+    assert ops.count(torch.ops.aten.addmm.default) == 1  # qk's
+    assert ops.count(torch.ops.aten.mm.default) == 2  # the MLP's two Linears, bias unfused

@@ -271,3 +271,24 @@ def test_multi_date_mae(tt: int) -> None:
     assert all(p.grad is not None for p in model.parameters())
     with pytest.raises(ValueError, match=r"valid mask has shape \(2, 16, 16\), expected"):
         model(imgs, valid[:, 0])
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("frames", [(1, 1), (2, 1), (2, 2)])
+def test_loss_without_prediction_is_the_same_loss(fused: bool, frames: tuple[int, int]) -> None:
+    # return_pred=False: the fused path predicts only the removed patches (the loss reads no
+    # others), the readable one still predicts all; the loss and every gradient are unchanged
+    T, tt = frames
+    model = _model(fused_attn=fused, norm_pix_loss=True, num_frames=T, tubelet_size=tt)
+    g = torch.Generator().manual_seed(3)
+    imgs = torch.randn(3, *((T,) if T > 1 else ()), C, S, S, generator=g)
+    valid = torch.rand(imgs.shape[:-3] + (S, S), generator=g) > 0.3
+    noise = model.masking_noise(3, torch.Generator().manual_seed(0))
+    out = {}
+    for return_pred in (True, False):
+        model.zero_grad(set_to_none=True)
+        loss, pred, mask = model(imgs, valid, noise=noise, return_pred=return_pred)
+        loss.backward()
+        out[return_pred] = (loss, mask, [p.grad for p in model.parameters()])
+        assert (pred is None) != return_pred
+    torch.testing.assert_close(out[False], out[True])

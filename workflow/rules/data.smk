@@ -33,21 +33,69 @@ rule stac_query:
         "geogfm stac_query --catalog-dir {input.catalog_dir} --out data/stac --log {log}"
 
 
+# One job, or the gather of one job per cell (TILE_CACHE_FANOUT, see common.smk).
 rule tile_cache:
     input:
         code("tile_cache"),
         item_collection="data/stac/items.json",
         lock="data/stac/lock.json",
+        cells=tile_cache_cells,
     output:
         directory("data/cache"),
     params:
         cfg=config["tile_cache"],
+        gather=lambda wildcards, input: " --gather data/cache_cells" if input.cells else "",
+    threads: TILE_CACHE_WORKERS
+    resources:
+        cpus_per_task=TILE_CACHE_WORKERS,
+        mem_mb=2000 * TILE_CACHE_WORKERS,  # ~2 GB a thread (256 px cells, ~50 items a cell)
     conda:
         ENV
     log:
         "logs/tile_cache.log",
     shell:
-        "geogfm tile_cache --items {input.item_collection} --out {output} --log {log}"
+        "geogfm tile_cache --items {input.item_collection} --out {output}{params.gather}"
+        " --log {log}"
+
+
+checkpoint tile_cache_plan:
+    input:
+        code("tile_cache"),
+        item_collection="data/stac/items.json",
+        lock="data/stac/lock.json",
+    output:
+        "data/cache_plan.json",
+    params:
+        cfg=config["tile_cache"],
+    conda:
+        ENV
+    log:
+        "logs/tile_cache_plan.log",
+    shell:
+        "geogfm tile_cache --items {input.item_collection} --plan --out {output} --log {log}"
+
+
+rule tile_cache_cell:
+    input:
+        code("tile_cache"),
+        item_collection="data/stac/items.json",
+        lock="data/stac/lock.json",
+        plan="data/cache_plan.json",
+    output:
+        directory("data/cache_cells/{cell,[^/]+}"),
+    params:
+        cfg=config["tile_cache"],
+    threads: 1  # one cell is read by one thread
+    resources:
+        cpus_per_task=1,
+        mem_mb=tile_cache_cell_mem_mb,
+    conda:
+        ENV
+    log:
+        "logs/tile_cache/{cell}.log",
+    shell:
+        "geogfm tile_cache --items {input.item_collection} --cell {wildcards.cell} --out {output}"
+        " --log {log}"
 
 
 rule patch_manifest:

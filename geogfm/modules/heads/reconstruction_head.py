@@ -94,12 +94,16 @@ class ReconstructionHead(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
         self.apply(init_weights)
 
-    def forward(self, x: Tensor, ids_restore: Tensor) -> Tensor:
+    def forward(self, x: Tensor, ids_restore: Tensor, ids_pred: Tensor | None = None) -> Tensor:
         """Decode encoder tokens ``x`` (B, 1 + L', D) to pixels (B, L, p*p*C).
 
         ``ids_restore`` (B, L) is the permutation that puts the shuffled sequence [kept tokens,
         removed tokens] back in image order (from ``random_masking``). With several dates read
         ``N`` tokens for ``L`` and ``tt*p*p*C`` values for ``p*p*C``.
+
+        ``ids_pred`` (B, M): predict only these tokens (indices in image order), (B, M, p*p*C).
+        The blocks still see every token; only the final norm and projection, which act on each
+        token alone, are skipped for the others (the MAE loss reads only the removed ones).
         """
         x = self.decoder_embed(x)  # (B, 1 + L', Dd)
         B, L = ids_restore.shape
@@ -118,6 +122,8 @@ class ReconstructionHead(nn.Module):
             else:
                 x = blk(x)
         x = x[:, 1:]  # (B, L, Dd), class token dropped: it predicts no pixels
+        if ids_pred is not None:
+            x = torch.gather(x, 1, ids_pred[..., None].expand(-1, -1, Dd))  # (B, M, Dd)
         x = self.decoder_norm(x)
-        x = self.decoder_pred(x)  # (B, L, p*p*C)
+        x = self.decoder_pred(x)  # (B, L, p*p*C), or (B, M, p*p*C)
         return x

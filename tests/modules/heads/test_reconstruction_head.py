@@ -48,3 +48,20 @@ def test_tokens_restored_to_image_order() -> None:
             torch.testing.assert_close(x[b, 1 + ids_shuffle[b, j]], emb[b, 1 + j])
         for j in range(n_keep, L):
             torch.testing.assert_close(x[b, 1 + ids_shuffle[b, j]], head.mask_token[0, 0])
+
+
+def test_ids_pred_predicts_only_those_tokens() -> None:
+    # the MAE's training step asks for the removed patches only: the same rows, and the same
+    # gradients, as predicting every patch and keeping those rows
+    head = _head()
+    ids_shuffle, ids_restore = _shuffle()
+    latent = torch.randn(B, 1 + 2, D, requires_grad=True)
+    ids_pred = ids_shuffle[:, 2:]  # the removed tokens, (B, L - 2)
+    full = head(latent, ids_restore)
+    want = torch.gather(full, 1, ids_pred[..., None].expand(-1, -1, full.shape[-1]))
+    (g_want,) = torch.autograd.grad(want.square().sum(), latent)
+    got = head(latent, ids_restore, ids_pred)
+    assert got.shape == (B, L - 2, p * p * C)
+    (g_got,) = torch.autograd.grad(got.square().sum(), latent)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(g_got, g_want)
