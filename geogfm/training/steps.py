@@ -132,7 +132,7 @@ def train_step(
         sync = nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with _autocast(device, precision):
-                loss, _, mask = model(imgs, valid, noise=noise)
+                loss, _, mask = model(imgs, valid, noise=noise, return_pred=False)
             if shard[1] > 1:
                 loss, value = _global_loss(model, loss, valid, mask, shard[1])
             else:
