@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import rasterio
 
 from geogfm.core.config import GeoGFMConfig
 from geogfm.core.errors import DataError
-from geogfm.core.io import replace_dir, write_json
+from geogfm.core.io import atomic_dir, write_json
 from geogfm.data.tile_reader import GDAL_OPTIONS, SourceCache
 from geogfm.stages import tile_cache as _tc
 from geogfm.stages import tile_cache_staging as staging
@@ -104,27 +103,19 @@ def build_one(cfg: GeoGFMConfig, *, items: Path, out: Path, cell: str) -> dict[s
             "them)"
         )
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     sources = SourceCache()
     _tc._quiet_rasterio()
-    try:
-        with rasterio.Env(**GDAL_OPTIONS):
+    try:  # nothing half-written: out is whole or absent
+        with atomic_dir(out) as tmp, rasterio.Env(**GDAL_OPTIONS):
             n_times, pixels, failed = _tc.build_cell(cfg, plan, by_id[cell], sources, tmp)
-        record = {
-            "id": cell,
-            "n_times": n_times,
-            "pixels": pixels,
-            "failed": failed,
-            "fingerprint": plan.fingerprint,
-        }
-        write_json(tmp / f"{cell}.json", record)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written: out is whole or absent
-        raise
+            record = {
+                "id": cell,
+                "n_times": n_times,
+                "pixels": pixels,
+                "failed": failed,
+                "fingerprint": plan.fingerprint,
+            }
+            write_json(tmp / f"{cell}.json", record)
     finally:
         sources.close()
     log.info("tile_cache cell %s: %d time step(s) -> %s", cell, n_times, out)
