@@ -1,5 +1,8 @@
 """Shared fixtures: a tiny but real run of the data stages (demo catalog to channel statistics)."""
 
+import shutil
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -7,6 +10,25 @@ import pytest
 from geogfm.core.config import GeoGFMConfig, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def copy_repo(dst: Path, keep: Callable[[str], bool] = lambda rel: True) -> Path:
+    """Copy the repository's files (what git tracks or would track) that ``keep`` accepts.
+
+    ``dvc.lock`` is never copied: a developer's lock records other params than a test's.
+    """
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for rel in filter(None, listed.split("\0")):
+        src = ROOT / rel
+        if src.is_file() and rel != "dvc.lock" and keep(rel):
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    return dst
 
 
 def run_data_stages(cfg: GeoGFMConfig, root: Path) -> dict[str, Path]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
+from conftest import copy_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -40,18 +41,7 @@ def _run(args: list[str], cwd: Path) -> str:
 
 @pytest.fixture
 def repo(tmp_path) -> Path:
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    dst = tmp_path / "repo"
-    for rel in filter(None, listed.split("\0")):
-        src = ROOT / rel
-        if src.is_file() and rel != "dvc.lock":  # a developer's lock records other params
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
+    dst = copy_repo(tmp_path / "repo")
     shutil.copy(ROOT / "configs" / "ci_tiny.yaml", dst / "params.yaml")
     _run(["git", "init", "-q", "-b", "main"], dst)
     _run(["git", "add", "-A"], dst)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import copy_repo
 
 from geogfm.core.io import sha256_file
 from geogfm.core.lineage import tree_sha256
@@ -65,17 +66,7 @@ def _mtimes(root: Path) -> dict[str, int]:
 
 def _copy(dst: Path, dvc: bool) -> None:
     """The repository's files (what git tracks or would track), DVC's or the others."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for rel in filter(None, listed.split("\0")):
-        src = ROOT / rel
-        if src.is_file() and rel.startswith(".dvc/") == dvc and rel != "dvc.lock":
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
+    copy_repo(dst, keep=lambda rel: rel.startswith(".dvc/") == dvc)
 
 
 @pytest.fixture(scope="module")

@@ -222,8 +222,15 @@ def item_footprints(items: Sequence[pystac.Item], epsg: int) -> dict[str, Geomet
     crs = CRS(f"EPSG:{epsg}")
     ordered = sorted(items, key=lambda i: (item_datetime(i), i.id))
     footprints: dict[str, Geometry] = {}
+    by_grid: dict[tuple, Geometry | None] = {}  # the dates of a tile share its grids: one each
     for item, parsed in zip(ordered, odc.stac.parse_items(ordered), strict=True):
-        geom = parsed.safe_geometry(crs)
+        grids = parsed.geoboxes()
+        if any(g.crs is not None for g in grids):  # the footprint of the grids (odc's rule)
+            if grids not in by_grid:
+                by_grid[grids] = parsed.safe_geometry(crs)
+            geom = by_grid[grids]
+        else:  # the item's geometry
+            geom = parsed.safe_geometry(crs)
         if geom is None:
             raise DataError(f"item {item.id!r} has no footprint (geometry or proj:* metadata)")
         footprints[item.id] = geom
@@ -288,9 +295,11 @@ def plan_cells(
             outline = box(x0, y1 - step, x0 + step, y1, crs)
             if area.intersection(outline).area <= min_area:
                 continue
-            ids = tuple(
-                i for i, fp in footprints.items() if fp.intersection(outline).area > min_area
-            )
+            hit: dict[int, bool] = {}  # by footprint: the dates of a tile share theirs
+            for fp in footprints.values():
+                if id(fp) not in hit:
+                    hit[id(fp)] = fp.intersection(outline).area > min_area
+            ids = tuple(i for i, fp in footprints.items() if hit[id(fp)])
             geobox = GeoBox(
                 (cell_size, cell_size), Affine(resolution, 0.0, x0, 0.0, -resolution, y1), crs
             )

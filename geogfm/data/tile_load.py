@@ -4,8 +4,10 @@ For each cell, :func:`load_cell` reads the items that overlap it one solar day a
 band onto the cell's grid: reflectance with the configured kernel (bilinear by default), ``scl``
 with nearest, whatever the item's own CRS and resolution. Bands on one source grid (an MGRS tile's
 10 m bands, its 20 m bands, ...) are resampled together, with a plan made once per cell and reused
-for every date (:mod:`geogfm.data.tile_resample`); the pixels come from
-:meth:`~geogfm.data.tile_reader.SourceCache.window`, which decodes each file once for all cells.
+for every date (:mod:`geogfm.data.tile_resample`), over the part of the cell the source reaches;
+the pixels come from :meth:`~geogfm.data.tile_reader.SourceCache.window`, which decodes each file
+once for all cells. The cell's arrays are written as they are (:class:`~.tile_store.CellArrays`),
+without building an xarray Dataset.
 Each item's DN are turned into reflectance with *that item's* ``raster:bands`` scale and offset
 (or, where a catalog has none, the Sentinel-2 rule: scale 1e-4 and the processing-baseline
 offset), then re-encoded to the one cache encoding ``reflectance = DN * 1e-4``: the +1000 DN of
@@ -47,7 +49,7 @@ from geogfm.data.tile_cache import (
 from geogfm.data.tile_items import item_epsg
 from geogfm.data.tile_plan import plan
 from geogfm.data.tile_reader import READ_ERRORS, BandSource, SourceCache, read_band, read_error
-from geogfm.data.tile_store import cell_dataset
+from geogfm.data.tile_store import CellArrays
 
 __all__ = ["CellResult", "FailedRead", "UnreadableAsset", "load_cell"]
 
@@ -68,10 +70,15 @@ class FailedRead:
 class CellResult:
     """What :func:`load_cell` made of a cell."""
 
-    dataset: xr.Dataset | None  #: the cell's dataset, or ``None``: no time step has a valid pixel
+    arrays: CellArrays | None  #: the cell's arrays, or ``None``: no time step has a valid pixel
     failed: tuple[FailedRead, ...] = ()  #: items skipped as unreadable (``fail_on_error=False``)
     pixels_with_data: int = 0  #: (time, y, x) pixels with data, valid or masked
     stats: dict[str, int] = field(default_factory=dict)  #: items read and skipped, for the log
+
+    @property
+    def dataset(self) -> xr.Dataset | None:
+        """The cell's dataset (built on each access), or ``None``: no valid pixel."""
+        return None if self.arrays is None else self.arrays.dataset()
 
 
 class UnreadableAsset(DataError):
@@ -125,11 +132,14 @@ def _read_item(
     plans: dict,
     refl: np.ndarray,
     scl: np.ndarray,
+    zeroed: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One item on a cell: cache DN into ``refl`` ``(C, H, W)`` and ``scl`` ``(H, W)``.
 
     Bands on one source grid are resampled together with one :class:`~.tile_resample.Plan`
     (kept in ``plans`` for the cell's other items); those without a plan are warped by GDAL.
+    A plan's values cover its box of the cell; outside it the bands are 0 (no data) and scl 0,
+    written unless ``zeroed`` says ``refl`` and ``scl`` are 0 already.
 
     Returns:
         ``(valid, has_data)``, ``(H, W)`` bool: every band has data and the scl class is not
@@ -154,6 +164,7 @@ def _read_item(
             if (grid, kernel) not in plans:
                 plans[grid, kernel] = plan(grid, geobox, kernel, centres=plans)
             p = plans[grid, kernel]
+            box = None
             if p is None:  # no plan for this kernel and grid: GDAL warps band by band
                 results = []
                 for c in members:
@@ -167,15 +178,32 @@ def _read_item(
                     windows.append(sources.window(src.href, src.bidx, *p.window) if not p.empty()
                                    else np.zeros((0, 0), np.uint16))  # fmt: skip
                     nodata.append(_nodata(sources, src))
-                values, missing = p.resample(windows, nodata)
+                values, missing = p.resample(windows, nodata, boxed=True)
                 results = [(c, values[k], missing[k], windows[k].dtype)
                            for k, c in enumerate(members)]  # fmt: skip
+                box = p.box  # the values are of these cell pixels; the others have no data
+            inner = (slice(None),) * 2 if box is None else (slice(*box[:2]), slice(*box[2:]))
+            boxed: dict = {}  # the masks of the box as masks of the cell
             for c, v, m, dtype in results:
                 src = srcs[keys[c]]
                 if c == C:
-                    _store_scl(scl, v, m, dtype)
+                    if box is not None and not zeroed:
+                        scl[...] = 0
+                    _store_scl(scl[inner], v, m, dtype)
                     continue
-                m = to_cache_band(refl[c], v, m, dtype, scale=src.scale, offset=src.offset)
+                if box is not None and not zeroed:
+                    _zero_outside(refl[c], box)
+                m = to_cache_band(refl[c][inner], v, m, dtype, scale=src.scale, offset=src.offset)
+                if m is not None and box is not None:  # as a mask of the cell
+                    if id(m) not in boxed:
+                        boxed[id(m)] = np.ones((H, W), bool)
+                        boxed[id(m)][inner] = m
+                    m = boxed[id(m)]
+                elif box is not None:
+                    if None not in boxed:
+                        boxed[None] = np.ones((H, W), bool)
+                        boxed[None][inner] = False
+                    m = boxed[None]
                 if m is None:
                     full = True
                 else:
@@ -204,6 +232,15 @@ def _read_item(
             gone &= m
         has_data = ~gone
     return valid, has_data
+
+
+def _zero_outside(a: np.ndarray, box: tuple[int, int, int, int]) -> None:
+    """Set ``a`` ``(H, W)`` to 0 outside ``box`` ``(y0, y1, x0, x1)``."""
+    y0, y1, x0, x1 = box
+    a[:y0] = 0
+    a[y1:] = 0
+    a[y0:y1, :x0] = 0
+    a[y0:y1, x1:] = 0
 
 
 def _nodata(sources: SourceCache, src: BandSource) -> float | None:
@@ -286,6 +323,7 @@ def load_cell(
     r, s = np.empty((C, H, W), np.uint16), np.empty((H, W), np.uint8)  # a day's later items
     kept: list[tuple[int, dt.datetime, str]] = []
     plans: dict = {}  # resampling plans of this cell, by source grid and kernel
+    inside: dict[int, np.ndarray] = {}  # footprints on the cell, by footprint
     failed: list[FailedRead] = []
     stats = Counter(read=0, skipped=0)
     with_data = 0
@@ -298,7 +336,10 @@ def load_cell(
                 same_take = any(_take(item) == _take(u) for u in used)
                 need = ~has_data if same_take else ~valid
                 if footprints is not None and need.any():
-                    need &= _inside(footprints[item.id], cell.geobox)
+                    fp = footprints[item.id]  # a tile's dates share theirs: rasterised once
+                    if id(fp) not in inside:
+                        inside[id(fp)] = _inside(fp, cell.geobox)
+                    need &= inside[id(fp)]
                 if not need.any():
                     stats["skipped"] += 1
                     continue
@@ -307,7 +348,7 @@ def load_cell(
                 # bands are 0 (nodata) already; its scl there is set to 0 below
                 v, d = _read_item(
                     sources, item, band_srcs[item.id], cell.geobox, bands, resampling, masked,
-                    plans, *((r, s) if used else (refl, scl)),
+                    plans, *((r, s, False) if used else (refl, scl, True)),
                 )  # fmt: skip
             except UnreadableAsset as e:
                 if fail_on_error:
@@ -345,14 +386,14 @@ def load_cell(
     if not kept:
         return CellResult(None, tuple(failed), with_data, dict(stats))
     idx = [k[0] for k in kept]
-    ds = cell_dataset(
+    arrays = CellArrays(
         cell,
-        bands,
+        tuple(bands),
         refl_t[idx] if len(idx) < T else refl_t,
         valid_t[idx] if len(idx) < T else valid_t,
         scl_t[idx] if len(idx) < T else scl_t,
-        [k[1] for k in kept],
-        [k[2] for k in kept],
-        mask_scl_classes,
+        tuple(k[1] for k in kept),
+        tuple(k[2] for k in kept),
+        tuple(mask_scl_classes),
     )
-    return CellResult(ds, tuple(failed), with_data, dict(stats))
+    return CellResult(arrays, tuple(failed), with_data, dict(stats))

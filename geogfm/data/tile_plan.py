@@ -51,7 +51,7 @@ def _centres(grid: SourceGrid, geobox: GeoBox, cache: dict | None) -> tuple[np.n
     if _same_crs(grid.crs, dst_crs):
         m = inv * dst
         j, i = np.arange(W) + 0.5, (np.arange(H) + 0.5)[:, None]
-        return m.a * j + m.b * i + m.c, m.d * j + m.e * i + m.f
+        return _affine(m.a, m.b, m.c, j, i), _affine(m.d, m.e, m.f, j, i)
     xy = cache.get(("centres", grid.crs)) if cache is not None else None
     if xy is None:  # exactly at every _STEP-th pixel centre (and the last), linearly in between
         jc = np.unique(np.r_[np.arange(0, W, _STEP), W - 1]) + 0.5
@@ -64,7 +64,17 @@ def _centres(grid: SourceGrid, geobox: GeoBox, cache: dict | None) -> tuple[np.n
         if cache is not None:
             cache["centres", grid.crs] = xy
     xs, ys = xy
-    return inv.a * xs + inv.b * ys + inv.c, inv.d * xs + inv.e * ys + inv.f
+    return _affine(inv.a, inv.b, inv.c, xs, ys), _affine(inv.d, inv.e, inv.f, xs, ys)
+
+
+def _affine(a: float, b: float, c: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``a * x + b * y + c`` (broadcast), without the term of a zero coefficient: a north-up
+    grid's rows do not depend on x nor its columns on y (adding ``0 * y`` changes no value)."""
+    if b == 0:
+        return np.broadcast_to(a * x + c, np.broadcast_shapes(x.shape, y.shape))
+    if a == 0:
+        return np.broadcast_to(b * y + c, np.broadcast_shapes(x.shape, y.shape))
+    return a * x + b * y + c
 
 
 def _interp2(C: np.ndarray, jc: np.ndarray, ic: np.ndarray, W: int, H: int) -> np.ndarray:
@@ -81,9 +91,8 @@ def _interp2(C: np.ndarray, jc: np.ndarray, ic: np.ndarray, W: int, H: int) -> n
     ky, ty = axis(ic, H)
     if len(jc) == 1 or len(ic) == 1:  # a one-pixel-wide cell: nothing to interpolate across
         return C[np.minimum(ky, len(ic) - 1)][:, np.minimum(kx, len(jc) - 1)]
-    top = C[ky][:, kx] * (1 - tx) + C[ky][:, kx + 1] * tx
-    bottom = C[ky + 1][:, kx] * (1 - tx) + C[ky + 1][:, kx + 1] * tx
-    return top * (1 - ty)[:, None] + bottom * ty[:, None]
+    across = C[:, kx] * (1 - tx) + C[:, kx + 1] * tx  # each node row along x, once
+    return across[ky] * (1 - ty)[:, None] + across[ky + 1] * ty[:, None]
 
 
 def _whole(v: float) -> int | None:
@@ -112,12 +121,15 @@ def _taps(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     first = np.floor(x)
     frac = (x - first).astype(np.float32)
     first = first.astype(np.int64)
-    w = np.stack([1 - frac, frac])
+    w = np.empty((2, len(frac)), np.float32)
+    np.subtract(1, frac, out=w[0])
+    w[1] = frac
     w[0][(first < 0) | (first >= n)] = 0.0
-    w[1][(first + 1 < 0) | (first + 1 >= n)] = 0.0
+    second = first + 1
+    w[1][(second < 0) | (second >= n)] = 0.0
     total = w[0] + w[1]
     np.divide(w, total, out=w, where=total > 0)
-    return first, first + 1, frac, w
+    return first, second, frac, w
 
 
 def plan(
@@ -143,26 +155,38 @@ def plan(
     if _aligned(grid, geobox) and block != 1:
         return _axes_plan(grid, geobox, kernel)
     u, v = _centres(grid, geobox, centres)  # source (col, row) of each centre
-    inside = ((u >= 0) & (u < grid.width) & (v >= 0) & (v < grid.height)).ravel()
-    if not inside.any():
+    inside2 = (u >= 0) & (u < grid.width) & (v >= 0) & (v < grid.height)
+    if not inside2.any():
         return Plan("slice", (0, 0, 0, 0), (H, W))
+    # source pixels per cell pixel, from the Jacobian of the map (not the bounding box)
+    if kernel == "bilinear" and block != 1 and H > 1 and W > 1:
+        sx = math.hypot(u[0, 1] - u[0, 0], v[0, 1] - v[0, 0])
+        sy = math.hypot(u[1, 0] - u[0, 0], v[1, 0] - v[0, 0])
+        if max(sx, sy) > _MAX_SCALE:
+            return None
+    # only the cell pixels whose centres can fall in the source: a source that covers a strip of
+    # the cell costs that strip (every value is the one of a plan of the whole cell)
+    box = _box(inside2.any(axis=1), inside2.any(axis=0))
+    if box is not None:
+        y0, y1, x0, x1 = box
+        u, v, inside2 = u[y0:y1, x0:x1], v[y0:y1, x0:x1], inside2[y0:y1, x0:x1]
+        extra = {"box": box, "cell_shape": (H, W)}
+        H, W = y1 - y0, x1 - x0
+    else:
+        extra = {}
+    inside = inside2.ravel()
     if block == 1:  # the source's own pixels: copy
         j0, i0 = math.floor(u[0, 0]), math.floor(v[0, 0])
         r0, r1 = max(i0, 0), min(i0 + H, grid.height)
         c0, c1 = max(j0, 0), min(j0 + W, grid.width)
-        return Plan("slice", (r0, r1, c0, c1), (H, W), paste=(r0 - i0, r1 - i0, c0 - j0, c1 - j0))
+        return Plan("slice", (r0, r1, c0, c1), (H, W),
+                    paste=(r0 - i0, r1 - i0, c0 - j0, c1 - j0), **extra)  # fmt: skip
     if kernel != "bilinear":  # nearest, or average over whole blocks
         i = np.floor(v).astype(np.int64).ravel()[inside]
         j = np.floor(u).astype(np.int64).ravel()[inside]
         r0, r1, c0, c1 = int(i.min()), int(i.max()) + 1, int(j.min()), int(j.max()) + 1
         index = (i - r0) * (c1 - c0) + (j - c0)
-        return Plan("gather", (r0, r1, c0, c1), (H, W), index=index, inside=inside)
-    # source pixels per cell pixel, from the Jacobian of the map (not the bounding box)
-    if H > 1 and W > 1:
-        sx = math.hypot(u[0, 1] - u[0, 0], v[0, 1] - v[0, 0])
-        sy = math.hypot(u[1, 0] - u[0, 0], v[1, 0] - v[0, 0])
-        if max(sx, sy) > _MAX_SCALE:
-            return None
+        return Plan("gather", (r0, r1, c0, c1), (H, W), index=index, inside=inside, **extra)
     i, j, fy, wy = _taps((v - 0.5).ravel(), grid.height)  # rows: first tap, weights
     jj, _, fx, wx = _taps((u - 0.5).ravel(), grid.width)  # cols
     inside &= (wy[0] + wy[1] > 0) & (wx[0] + wx[1] > 0)
@@ -187,7 +211,16 @@ def plan(
     )
     # the source pixel each centre falls in: GDAL leaves a cell pixel nodata where that one is
     centre = np.where(fy >= 0.5, row1, row0) + np.where(fx >= 0.5, col1, col0)
-    return Plan("bilinear", (r0, r1, c0, c1), (H, W), index=centre, inside=inside, matrix=matrix)
+    return Plan("bilinear", (r0, r1, c0, c1), (H, W), index=centre, inside=inside, matrix=matrix,
+                **extra)  # fmt: skip
+
+
+def _box(rows: np.ndarray, cols: np.ndarray) -> tuple[int, int, int, int] | None:
+    """``(y0, y1, x0, x1)`` around the True rows and columns, or ``None`` if that is all."""
+    H, W = len(rows), len(cols)
+    y0, y1 = int(rows.argmax()), H - int(rows[::-1].argmax())
+    x0, x1 = int(cols.argmax()), W - int(cols[::-1].argmax())
+    return None if (y0, y1, x0, x1) == (0, H, 0, W) else (y0, y1, x0, x1)
 
 
 def _aligned(grid: SourceGrid, geobox: GeoBox) -> bool:
@@ -229,4 +262,17 @@ def _axes_plan(grid: SourceGrid, geobox: GeoBox, kernel: str) -> Plan | None:
     cols, c0, c1 = _axis(m.a * (np.arange(W) + 0.5) + m.c, grid.width, kernel)
     if r0 >= r1 or c0 >= c1:
         return Plan("slice", (0, 0, 0, 0), (H, W))
-    return Plan("axes", (r0, r1, c0, c1), (H, W), rows=rows, cols=cols)
+    box = _box(rows[4], cols[4])  # the cell's rows and columns whose centres are inside
+    if box is None:
+        return Plan("axes", (r0, r1, c0, c1), (H, W), rows=rows, cols=cols)
+    y0, y1, x0, x1 = box
+    rows, cols = _cut(rows, y0, y1), _cut(cols, x0, x1)
+    return Plan("axes", (r0, r1, c0, c1), (y1 - y0, x1 - x0), rows=rows, cols=cols, box=box,
+                cell_shape=(H, W))  # fmt: skip
+
+
+def _cut(axis: tuple, lo: int, hi: int) -> tuple:
+    """An ``axes`` plan's axis (see :func:`_axis`) for the cell pixels ``lo:hi`` only."""
+    a, b, w, centre, inside = axis
+    w = None if w is None else w[:, lo:hi]
+    return a[lo:hi], b[lo:hi], w, centre[lo:hi], inside[lo:hi]

@@ -84,11 +84,14 @@ def read_error(exc: BaseException) -> str:
 class SourceCache:
     """Open rasterio datasets, kept per thread, and decoded pixels, shared by all threads.
 
-    Datasets: each thread opens its own (a GDAL handle is not thread-safe) and keeps up to
-    ``max_open``, closing the least recently used. Pixels (:meth:`window`): each file is decoded
-    in units of whole internal blocks, at least ``_UNIT`` pixels on a side, once for all threads
-    and cells (a thread that wants a unit another is decoding waits for it), and kept up to
-    ``max_bytes``, the least recently used dropped first.
+    Datasets (:meth:`open`): each thread opens its own (a GDAL handle is not thread-safe) and
+    keeps up to ``max_open``, closing the least recently used. Pixels (:meth:`window`): each file
+    is decoded in units of whole internal blocks, at least ``_UNIT`` pixels on a side, once for all
+    threads and cells (a thread that wants a unit another is decoding waits for it), and kept up
+    to ``max_bytes``, the least recently used dropped first. The units and the grids
+    (:meth:`grid`) are read through handles lent to one thread at a time and shared by all, up to
+    ``max_open`` kept: a file is opened once, not once per thread (an open costs as much as
+    decoding a 512 x 512 tile).
 
     Args:
         max_open: datasets each thread keeps open.
@@ -108,6 +111,38 @@ class SourceCache:
         self._nodata: dict[tuple[str, int], float | None] = {}
         self._units: OrderedDict[tuple, Future] = OrderedDict()
         self._held = 0
+        self._lent: OrderedDict[str, list[rasterio.DatasetReader]] = OrderedDict()  # not in use
+        self._n_lent = 0
+
+    def _borrow(self, href: str) -> rasterio.DatasetReader:
+        """A handle of ``href`` for this thread's use until :meth:`_return` (opened if need be)."""
+        with self._lock:
+            free = self._lent.get(href)
+            if free:
+                self._n_lent -= 1
+                ds = free.pop()
+                if not free:
+                    del self._lent[href]
+                return ds
+        ds = rasterio.open(href, sharing=False)
+        if href not in self._epsg:
+            self._epsg[href] = ds.crs.to_epsg() if ds.crs is not None else None
+        return ds
+
+    def _return(self, href: str, ds: rasterio.DatasetReader) -> None:
+        drop = []
+        with self._lock:
+            self._lent.setdefault(href, []).append(ds)
+            self._lent.move_to_end(href)
+            self._n_lent += 1
+            while self._n_lent > self.max_open:
+                old_href, old = next(iter(self._lent.items()))
+                drop.append(old.pop())
+                self._n_lent -= 1
+                if not old:
+                    del self._lent[old_href]
+        for d in drop:
+            d.close()
 
     def open(self, href: str) -> rasterio.DatasetReader:
         """The dataset at ``href``, opened by this thread (once)."""
@@ -136,12 +171,15 @@ class SourceCache:
         """The pixel grid of the file at ``href`` (opened if need be)."""
         grid = self._grids.get(href)
         if grid is None:
-            ds = self.open(href)
-            crs = ds.crs.to_wkt() if ds.crs is not None else ""
-            for b, shape in enumerate(ds.block_shapes, 1):
-                self._blocks[href, b] = shape
-                self._nodata[href, b] = ds.nodatavals[b - 1]
-            grid = self._grids[href] = SourceGrid(crs, ds.transform, ds.height, ds.width)
+            ds = self._borrow(href)
+            try:
+                crs = ds.crs.to_wkt() if ds.crs is not None else ""
+                for b, shape in enumerate(ds.block_shapes, 1):
+                    self._blocks[href, b] = shape
+                    self._nodata[href, b] = ds.nodatavals[b - 1]
+                grid = self._grids[href] = SourceGrid(crs, ds.transform, ds.height, ds.width)
+            finally:
+                self._return(href, ds)
         return grid
 
     def nodata(self, href: str, bidx: int) -> float | None:
@@ -170,8 +208,9 @@ class SourceCache:
                 every later call for the same unit raises it again.
         """
         shape = self._blocks.get((href, bidx))
-        if shape is None:  # once per band: the other threads take it from here, without opening
-            shape = self._blocks[href, bidx] = self.open(href).block_shapes[bidx - 1]
+        if shape is None:  # once per file: the other threads take it from here, without opening
+            self.grid(href)
+            shape = self._blocks[href, bidx]
         bh, bw = shape
         uh, uw = bh * -(-_UNIT // bh), bw * -(-_UNIT // bw)
         rows = range(r0 // uh, (r1 - 1) // uh + 1)
@@ -205,10 +244,15 @@ class SourceCache:
         if not mine:
             return future.result()
         try:
-            ds = self.open(href)
-            x0, y0 = uc * uw, ur * uh
-            window = Window(x0, y0, min(uw, ds.width - x0), min(uh, ds.height - y0))
-            data = ds.read(bidx, window=window)
+            ds = self._borrow(href)
+            try:
+                x0, y0 = uc * uw, ur * uh
+                window = Window(x0, y0, min(uw, ds.width - x0), min(uh, ds.height - y0))
+                data = ds.read(bidx, window=window)
+            except BaseException:
+                ds.close()
+                raise
+            self._return(href, ds)
             if data.dtype.kind == "f" and data.dtype != np.float32:
                 data = data.astype(np.float32)
         except BaseException as e:
@@ -232,6 +276,11 @@ class SourceCache:
             for open_ in self._all:
                 while open_:
                     open_.popitem()[1].close()
+            for lent in self._lent.values():
+                for ds in lent:
+                    ds.close()
+            self._lent.clear()
+            self._n_lent = 0
             self._units.clear()
             self._held = 0
 

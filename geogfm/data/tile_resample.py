@@ -21,6 +21,11 @@ source pixels it takes and with what weight -- is done once per (source grid, ce
   cell pixel whose centre is outside the source, or whose taps are all nodata, is nodata -- GDAL's
   warper's rule (``GWKBilinearResample4Sample``).
 
+A plan covers only the cell pixels whose centres can fall inside the source (its ``box``; the
+others have no data): a neighbouring tile that reaches a strip of the cell, or another UTM zone's
+tile that clips its corner, costs that strip, not the whole cell. The values in the box are those
+of a plan of the whole cell, bit for bit (every step is per pixel).
+
 Cell pixel centres are mapped to the source exactly in the same CRS (an affine map), else through
 PROJ at every ``_STEP``-th pixel and interpolated linearly in between (between UTM zones the map
 is smooth: the interpolation error is below 1e-6 pixel).
@@ -70,8 +75,8 @@ class Plan:
 
     kind: str  #: ``"slice"``, ``"gather"``, ``"axes"`` or ``"bilinear"``
     window: tuple[int, int, int, int]
-    shape: tuple[int, int]  #: the cell's ``(H, W)``
-    #: slice: ``(y0, y1, x0, x1)`` in the cell that the window fills
+    shape: tuple[int, int]  #: ``(H, W)`` of the cell pixels it makes: the cell's, or ``box``'s
+    #: slice: ``(y0, y1, x0, x1)`` in the cell (its ``box``) that the window fills
     paste: tuple[int, int, int, int] | None = None
     #: gather: the window pixel (flat index) of each ``inside`` cell pixel; bilinear: the window
     #: pixel each cell pixel's centre falls in (all cell pixels)
@@ -83,6 +88,10 @@ class Plan:
     #: in, and whether the centre is inside the source
     rows: tuple | None = None
     cols: tuple | None = None
+    #: the cell pixels ``(y0, y1, x0, x1)`` the plan covers, those whose centres can fall inside
+    #: the source (the others cannot: no data); ``None``: the whole cell
+    box: tuple[int, int, int, int] | None = None
+    cell_shape: tuple[int, int] | None = None  #: the cell's ``(H, W)`` where ``box`` is given
 
     def empty(self) -> bool:
         """Whether no cell pixel takes anything from the source."""
@@ -90,20 +99,40 @@ class Plan:
         return r0 >= r1 or c0 >= c1
 
     def resample(
-        self, windows: Sequence[np.ndarray], nodata: Sequence[float | None]
+        self, windows: Sequence[np.ndarray], nodata: Sequence[float | None], *, boxed: bool = False
     ) -> tuple[np.ndarray, list[np.ndarray | None]]:
         """Resample bands of this grid onto the cell.
 
         Args:
             windows: each band's ``window`` of the source, ``(h, w)``, all of one dtype.
             nodata: each band's nodata value (``None``: none; NaN is always no data).
+            boxed: give the pixels of ``box`` only (``shape``), not the whole cell's.
 
         Returns:
             ``(values, missing)``: ``(N, H, W)`` values -- float32 for ``bilinear`` (unrounded),
             the source dtype otherwise -- and for each band an ``(H, W)`` bool mask, True where
             a pixel has no data, or ``None`` where all have data. Bands without no data of their
-            own share one mask object (the pixels outside the source).
+            own share one mask object (the pixels outside the source). Outside ``box`` the
+            values are 0 and missing.
         """
+        values, missing = self._resample(windows, nodata)
+        if boxed or self.box is None:
+            return values, missing
+        H, W = self.cell_shape
+        y0, y1, x0, x1 = self.box
+        full = np.zeros((len(windows), H, W), values.dtype)
+        full[:, y0:y1, x0:x1] = values
+        masks: dict[int, np.ndarray] = {}
+        for b, m in enumerate(missing):
+            if id(m) not in masks:
+                masks[id(m)] = np.ones((H, W), bool)
+                masks[id(m)][y0:y1, x0:x1] = False if m is None else m
+            missing[b] = masks[id(m)]
+        return full, missing
+
+    def _resample(
+        self, windows: Sequence[np.ndarray], nodata: Sequence[float | None]
+    ) -> tuple[np.ndarray, list[np.ndarray | None]]:
         H, W = self.shape
         N = len(windows)
         dtype = windows[0].dtype if windows else np.dtype(np.float32)
@@ -167,11 +196,12 @@ class Plan:
         wx0, wx1 = wx[0], wx[1]
 
         def apply(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-            t = x[ri0]
+            # take(): numpy's fast gather (a third faster than fancy indexing), same values
+            t = x.take(ri0, axis=0)
             t *= wy0
-            t += x[ri1] * wy1
-            y = np.multiply(t[:, ci0], wx0, out=out)
-            y += t[:, ci1] * wx1
+            t += x.take(ri1, axis=0) * wy1
+            y = np.multiply(t.take(ci0, axis=1), wx0, out=out)
+            y += t.take(ci1, axis=1) * wx1
             return y
 
         values = np.empty((len(windows), H, W), np.float32)

@@ -209,12 +209,12 @@ def build_cell(
         footprints=plan.footprints,
     )
     n_times = 0
-    if result.dataset is not None:
+    if result.arrays is not None:
         tmp = dest / f".{cell.id}.zarr.tmp-{os.getpid()}-{threading.get_ident()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        write_cell(result.dataset, str(tmp))
+        write_cell(result.arrays, str(tmp))
         os.replace(tmp, dest / f"{cell.id}.zarr")
-        n_times = result.dataset.sizes["time"]
+        n_times = len(result.arrays.times)
     log.debug("cell %s: %d time step(s), %s", cell.id, n_times, result.stats)
     return n_times, result.pixels_with_data, [f.__dict__ for f in result.failed]
 

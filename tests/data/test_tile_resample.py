@@ -162,3 +162,79 @@ def test_decoded_units_are_dropped_beyond_the_limit():
     b = cache.window(_href("B03"), 1, 0, 10, 0, 10)
     assert len(cache._units) == 1 and not np.array_equal(a, b)
     cache.close()
+
+
+def _other_zone_cell(x: float, y: float) -> GeoBox:
+    """A 64-pixel cell of EPSG:32632 around the point ``(x, y)`` of EPSG:32633."""
+    (u,), (v,) = warp_transform("EPSG:32633", "EPSG:32632", [x], [y])
+    return _cell(round(u / 10) * 10 - 320, round(v / 10) * 10 + 320, epsg=32632)
+
+
+@pytest.mark.parametrize(
+    ("name", "kernel", "cell", "kind"),
+    [
+        ("B02", "bilinear", _cell(405_280, 5_341_520), "slice"),
+        ("B8A", "bilinear", _cell(405_280, 5_341_520), "axes"),
+        ("B8A", "nearest", _cell(404_080, 5_342_720), "axes"),
+        ("B04", "bilinear", _other_zone_cell(405_600, 5_341_200), "bilinear"),
+        ("B04", "nearest", _other_zone_cell(404_400, 5_342_400), "gather"),
+    ],
+)
+def test_a_source_over_part_of_a_cell_is_planned_for_that_part(name, kernel, cell, kind):
+    """Across a source's corner the plan covers the box of cell pixels whose centres can fall in
+    the source: the values there, nothing outside."""
+    with rasterio.open(_href(name)) as ds:
+        p = plan(_grid(ds), cell, kernel)
+        data = ds.read(1)
+    assert p.kind == kind and p.box is not None and p.cell_shape == cell.shape
+    y0, y1, x0, x1 = p.box
+    assert p.shape == (y1 - y0, x1 - x0) and p.shape[0] * p.shape[1] < 0.8 * 64 * 64
+    r0, r1, c0, c1 = p.window
+    boxed, boxed_missing = p.resample([data[r0:r1, c0:c1]], [0], boxed=True)
+    values, missing = p.resample([data[r0:r1, c0:c1]], [0])
+    assert boxed.shape == (1, *p.shape) and values.shape == (1, 64, 64)
+    np.testing.assert_array_equal(values[0, y0:y1, x0:x1], boxed[0])
+    outside = np.ones((64, 64), bool)
+    outside[y0:y1, x0:x1] = False
+    assert missing[0][outside].all() and not values[0][outside].any()
+    has_data = ~missing[0][y0:y1, x0:x1]
+    if boxed_missing[0] is not None:
+        np.testing.assert_array_equal(boxed_missing[0], missing[0][y0:y1, x0:x1])
+    # the box is tight: its edge rows and columns have data
+    for edge in (has_data[0], has_data[-1], has_data[:, 0], has_data[:, -1]):
+        assert edge.any()
+    # the same values as GDAL's warper, as for a cell the source covers
+    got = _resample(_href(name), cell, kernel)
+    warped = _warp(_href(name), cell, kernel).astype(int)
+    np.testing.assert_array_equal(got == 0, warped == 0)
+
+
+def test_grids_and_units_share_one_handle_per_file_across_threads(monkeypatch):
+    opened = []
+    real = rasterio.open
+
+    def counting(*a, **k):
+        opened.append(a[0])
+        return real(*a, **k)
+
+    monkeypatch.setattr(rasterio, "open", counting)
+    cache = SourceCache()
+    hrefs = [_href(n) for n in ("B02", "B03", "B8A")]
+
+    def work(order):
+        for h in order:
+            cache.grid(h)
+            cache.window(h, 1, 0, 10, 0, 10)
+
+    threads = [threading.Thread(target=work, args=(o,)) for o in (hrefs, hrefs[::-1])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # each file once, but for a thread that found the others' handle busy
+    assert sorted(set(opened)) == sorted(hrefs) and len(opened) <= 2 * len(hrefs)
+    work(hrefs)  # nothing new to open: grids and units are kept
+    assert len(opened) <= 2 * len(hrefs)
+    assert cache._n_lent == len(opened)  # every handle lent back
+    cache.close()
+    assert cache._n_lent == 0

@@ -12,14 +12,13 @@ from odc.geo.geobox import GeoBox
 
 from geogfm.data.cache_reader import ChunkReader
 from geogfm.data.tile_cache import CODEC, Cell
-from geogfm.data.tile_store import cell_dataset, write_cell
+from geogfm.data.tile_store import CellArrays, cell_dataset, write_cell
 from geogfm.data.zarr_windows import ZarrWindows
 
 BANDS = ["blue", "green", "red", "nir08"]
 
 
-@pytest.fixture
-def cell_ds() -> xr.Dataset:
+def _arrays() -> CellArrays:
     rng = np.random.default_rng(0)
     T, H, W = 3, 32, 48
     geobox = GeoBox((H, W), Affine(10, 0, 500_000, 0, -10, 5_000_000), CRS("EPSG:32633"))
@@ -29,7 +28,15 @@ def cell_ds() -> xr.Dataset:
     scl = rng.integers(0, 12, (T, H, W), dtype=np.uint8)
     times = [dt.datetime(2021, 8, 14, 10, 5, 31, 123456, dt.UTC) + dt.timedelta(days=40 * k)
              for k in range(T)]  # fmt: skip
-    return cell_dataset(cell, BANDS, refl, valid, scl, times, ["a", "b,c", "d"], [0, 1, 3])
+    return CellArrays(
+        cell, tuple(BANDS), refl, valid, scl, tuple(times), ("a", "b,c", "d"), (0, 1, 3)
+    )
+
+
+@pytest.fixture
+def cell_ds() -> xr.Dataset:
+    a = _arrays()
+    return cell_dataset(a.cell, a.bands, a.refl, a.valid, a.scl, a.times, a.item_ids, [0, 1, 3])
 
 
 def test_store_reads_back_as_xarrays_own(tmp_path, cell_ds):
@@ -69,3 +76,21 @@ def test_existing_store_is_refused(tmp_path, cell_ds):
     (tmp_path / "c.zarr").mkdir()
     with pytest.raises(FileExistsError):
         write_cell(cell_ds, str(tmp_path / "c.zarr"))
+
+
+def test_the_arrays_write_the_same_store_as_their_dataset(tmp_path, cell_ds):
+    """The stage writes the arrays without building the Dataset: the same files, byte for byte."""
+    write_cell(cell_ds, str(tmp_path / "ds.zarr"))
+    write_cell(_arrays(), str(tmp_path / "arrays.zarr"))
+    files = sorted(p.relative_to(tmp_path / "ds.zarr") for p in (tmp_path / "ds.zarr").rglob("*"))
+    assert files == sorted(
+        p.relative_to(tmp_path / "arrays.zarr") for p in (tmp_path / "arrays.zarr").rglob("*")
+    )
+    chunks = [f for f in files if f.name == "c" or f.name.startswith("c.")]
+    assert len(chunks) == 3 * 3 + 7  # a chunk per time step of 3 arrays, one per coordinate
+    for f in files:
+        a, b = tmp_path / "ds.zarr" / f, tmp_path / "arrays.zarr" / f
+        assert a.is_dir() == b.is_dir()
+        if a.is_file():
+            assert a.read_bytes() == b.read_bytes(), f
+    xr.testing.assert_identical(_arrays().dataset(), cell_ds)
