@@ -83,11 +83,16 @@ def _run_config(cfg: GeoGFMConfig, inputs: dict) -> dict:
     return json.loads(json.dumps({**run, "inputs": inputs}))  # as meta.json holds it
 
 
-def _resumable(ckpts: Checkpointer, cfg: GeoGFMConfig, inputs: dict) -> dict | None:
-    """The training checkpoint to resume from, or None (removing those of a finished run)."""
+def _resumable(
+    ckpts: Checkpointer, cfg: GeoGFMConfig, inputs: dict
+) -> tuple[dict | None, list[str]]:
+    """The checkpoint to resume from, and the params changed since (``"key: old -> new"``).
+
+    None and no changes when there is none to resume (those of a finished run are removed).
+    """
     latest = ckpts.latest()
     if latest is None:
-        return None
+        return None, []
     meta = ckpts.meta(latest)
     diffs = config_differences(meta.get("run", {}), _run_config(cfg, inputs))
     if not cfg.train.resume or meta.get("finished") and diffs:
@@ -101,7 +106,7 @@ def _resumable(ckpts: Checkpointer, cfg: GeoGFMConfig, inputs: dict) -> dict | N
         )
         for path in ckpts.list():
             shutil.rmtree(path)
-        return None
+        return None, []
     model_diffs = [d for d in diffs if d.startswith("model.")]
     if meta["bands"] != list(cfg.data.bands) or model_diffs:
         raise DataError(
@@ -118,7 +123,7 @@ def _resumable(ckpts: Checkpointer, cfg: GeoGFMConfig, inputs: dict) -> dict | N
             "; ".join(diffs),
         )
     log.warning("=" * 30 + " RESUMING from %s " + "=" * 30, latest)
-    return ckpts.load(latest)
+    return ckpts.load(latest), diffs
 
 
 def run(cfg: GeoGFMConfig, *, cache: Path, manifest: Path, stats: Path, out: Path) -> dict:
@@ -172,7 +177,7 @@ def run(cfg: GeoGFMConfig, *, cache: Path, manifest: Path, stats: Path, out: Pat
         keep=cfg.train.keep_checkpoints,
         extra=extra,
     )
-    resume = _resumable(ckpts, cfg, inputs) if rank == 0 else None
+    resume, changed = _resumable(ckpts, cfg, inputs) if rank == 0 else (None, [])
     if world > 1:  # every rank resumes from rank 0's choice
         box = [resume]
         torch.distributed.broadcast_object_list(box, src=0)
@@ -218,6 +223,8 @@ def run(cfg: GeoGFMConfig, *, cache: Path, manifest: Path, stats: Path, out: Pat
         "step": history["steps"],
         "weights": "ema" if ema is not None else "model",
         "resumed_from_step": resume["step"] if resume is not None else None,
+        # the params that differed when it resumed: the steps before ran with the old values
+        "resumed_with_changed_params": changed,
         "inputs": inputs,
         "metrics": metrics,
         "lineage": checkpoint_lineage(cfg, cache=cache, manifest=manifest, stats=stats),

@@ -125,6 +125,18 @@ def test_resuming_a_checkpoint_of_another_band_list_is_refused(straight, tiny_cf
         pretrain.run(model, **paths, out=out)
     assert (out / "checkpoints" / "step_00000003" / "state.pt").is_file()  # left as it was
 
+    # a changed training param resumes, and the run's metadata says what changed at the resume
+    clip = {**RUN, "data": {"num_workers": 0}, "train": {**RUN["train"], "grad_clip": 0.25}}
+    resumed = _child(root, out, clip)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "although params changed since (train.grad_clip: " in resumed.stderr
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["resumed_from_step"] == 3 and meta["config"]["train"]["grad_clip"] == 0.25
+    assert meta["resumed_with_changed_params"] == [
+        f"train.grad_clip: {tiny_cfg.train.grad_clip!r} -> 0.25"
+    ]
+    assert json.loads((ref / "meta.json").read_text())["resumed_with_changed_params"] == []
+
 
 def test_a_batch_larger_than_the_train_split_fails_before_any_output(tiny_cfg, tiny_data, tmp_path):
     cfg = tiny_cfg.model_copy(deep=True)
