@@ -79,7 +79,7 @@ def open_climate_grid(
     if missing or not names:
         raise DataError(
             f"climate variable(s) {missing or names} are not (time, lat, lon) variables of the "
-            f"grid; it has {list(grids)}"
+            f"grid; it has {sorted(grids)}"
         )
     out = {}
     for name in names:
