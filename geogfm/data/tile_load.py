@@ -49,6 +49,7 @@ from geogfm.data.tile_cache import (
 from geogfm.data.tile_items import item_epsg
 from geogfm.data.tile_plan import plan
 from geogfm.data.tile_reader import READ_ERRORS, BandSource, SourceCache, read_band, read_error
+from geogfm.data.tile_resample import CellMasks
 from geogfm.data.tile_store import CellArrays
 
 __all__ = ["CellResult", "FailedRead", "UnreadableAsset", "load_cell"]
@@ -183,7 +184,7 @@ def _read_item(
                            for k, c in enumerate(members)]  # fmt: skip
                 box = p.box  # the values are of these cell pixels; the others have no data
             inner = (slice(None),) * 2 if box is None else (slice(*box[:2]), slice(*box[2:]))
-            boxed: dict = {}  # the masks of the box as masks of the cell
+            in_cell = None if box is None else CellMasks(box, (H, W))
             for c, v, m, dtype in results:
                 src = srcs[keys[c]]
                 if c == C:
@@ -194,16 +195,8 @@ def _read_item(
                 if box is not None and not zeroed:
                     _zero_outside(refl[c], box)
                 m = to_cache_band(refl[c][inner], v, m, dtype, scale=src.scale, offset=src.offset)
-                if m is not None and box is not None:  # as a mask of the cell
-                    if id(m) not in boxed:
-                        boxed[id(m)] = np.ones((H, W), bool)
-                        boxed[id(m)][inner] = m
-                    m = boxed[id(m)]
-                elif box is not None:
-                    if None not in boxed:
-                        boxed[None] = np.ones((H, W), bool)
-                        boxed[None][inner] = False
-                    m = boxed[None]
+                if in_cell is not None:  # the box's mask as a mask of the cell
+                    m = in_cell(m)
                 if m is None:
                     full = True
                 else:

@@ -51,7 +51,7 @@ import numpy as np
 import scipy.sparse as sp
 from affine import Affine
 
-__all__ = ["SourceGrid", "Plan"]
+__all__ = ["SourceGrid", "Plan", "CellMasks"]
 
 _MIN_WEIGHT = 1e-5  # GDAL's: less valid weight than this is nodata
 
@@ -122,13 +122,8 @@ class Plan:
         y0, y1, x0, x1 = self.box
         full = np.zeros((len(windows), H, W), values.dtype)
         full[:, y0:y1, x0:x1] = values
-        masks: dict[int, np.ndarray] = {}
-        for b, m in enumerate(missing):
-            if id(m) not in masks:
-                masks[id(m)] = np.ones((H, W), bool)
-                masks[id(m)][y0:y1, x0:x1] = False if m is None else m
-            missing[b] = masks[id(m)]
-        return full, missing
+        in_cell = CellMasks(self.box, self.cell_shape)
+        return full, [in_cell(m) for m in missing]
 
     def _resample(
         self, windows: Sequence[np.ndarray], nodata: Sequence[float | None]
@@ -274,6 +269,29 @@ class Plan:
             np.divide(Y[b], S[:, k], out=Y[b], where=ok)
             missing.append(miss)
         return Y.reshape(N, H, W), missing
+
+
+class CellMasks:
+    """Masks of a plan's ``box`` as masks of the whole cell, True (no data) outside the box.
+
+    Masks that were one object (bands sharing a mask, or ``None``: none missing) give one
+    object. Each mask is kept while this lives: identity is what it goes by, and an object
+    freed meanwhile could lend its ``id`` to another.
+    """
+
+    def __init__(self, box: tuple[int, int, int, int], cell_shape: tuple[int, int]) -> None:
+        self.box, self.cell_shape = box, cell_shape
+        self._made: dict[int, tuple[np.ndarray | None, np.ndarray]] = {}
+
+    def __call__(self, m: np.ndarray | None) -> np.ndarray:
+        """``m`` ``(box height, box width)`` (or ``None``) as an ``(H, W)`` mask of the cell."""
+        made = self._made.get(id(m))
+        if made is None:
+            full = np.ones(self.cell_shape, bool)
+            y0, y1, x0, x1 = self.box
+            full[y0:y1, x0:x1] = False if m is None else m
+            made = self._made[id(m)] = (m, full)
+        return made[1]
 
 
 def _missing(values: np.ndarray, nodata: float | None) -> np.ndarray | None:

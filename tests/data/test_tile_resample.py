@@ -18,7 +18,7 @@ from scipy.ndimage import map_coordinates
 
 from geogfm.data.tile_plan import plan
 from geogfm.data.tile_reader import SourceCache
-from geogfm.data.tile_resample import SourceGrid
+from geogfm.data.tile_resample import CellMasks, SourceGrid
 
 ROOT = Path(__file__).resolve().parents[1]
 PATCH = "S2A_MSIL2A_20170613T101031_87_48"  # BigEarthNet, EPSG:32633, corner (404400, 5342400)
@@ -238,3 +238,20 @@ def test_grids_and_units_share_one_handle_per_file_across_threads(monkeypatch):
     assert cache._n_lent == len(opened)  # every handle lent back
     cache.close()
     assert cache._n_lent == 0
+
+
+def test_cell_masks_widen_a_box_mask_and_keep_shared_masks_shared():
+    in_cell = CellMasks((1, 3, 2, 5), (4, 6))
+    m = np.array([[True, False, False], [False, False, True]])
+    full = in_cell(m)
+    expected = np.ones((4, 6), bool)
+    expected[1:3, 2:5] = m
+    np.testing.assert_array_equal(full, expected)
+    assert in_cell(m) is full  # bands that shared a mask still do
+    none = in_cell(None)  # none missing in the box: missing only outside it
+    assert none.sum() == 4 * 6 - 2 * 3 and not none[1:3, 2:5].any()
+    assert in_cell(None) is none
+    # a mask made for one band and dropped by the caller cannot stand in for a later one
+    first = in_cell(np.zeros((2, 3), bool))
+    later = in_cell(np.ones((2, 3), bool))
+    assert not first[1:3, 2:5].any() and later[1:3, 2:5].all()
