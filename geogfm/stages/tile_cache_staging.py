@@ -20,7 +20,7 @@ import pystac
 
 from geogfm.core.config import TileCacheConfig
 from geogfm.core.errors import DataError
-from geogfm.core.io import replace_dir, write_json
+from geogfm.core.io import atomic_dir, replace_dir, write_json
 from geogfm.data.tile_cache import CACHE_NODATA, CACHE_OFFSET, CACHE_SCALE, Cell
 
 __all__ = ["index", "link_tree", "open_staging", "record", "replace_staged", "summary"]
@@ -30,10 +30,8 @@ log = logging.getLogger("geogfm.stages.tile_cache")
 
 def link_tree(src: Path, dst: Path) -> None:
     """Hard-link every file of ``src`` into ``dst`` (copy where links are not possible)."""
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, copy_function=_link)
-    os.replace(tmp, dst)
+    with atomic_dir(dst) as tmp:
+        shutil.copytree(src, tmp, copy_function=_link, dirs_exist_ok=True)
 
 
 def _link(src: str, dst: str) -> None:
