@@ -15,9 +15,9 @@ in the fastest of three ways that gives GDAL's warper's answer:
 
 The tests check the fast paths against the warper: plain reads and nearest upsampling agree pixel
 for pixel, bilinear to the DN (the two round the mean in different orders), average alike except
-that the warper also fills the row or column just beyond a source's edge. Datasets stay open per
-worker thread across cells (:class:`SourceCache`), so an asset that several cells share is opened
-once per thread and GDAL's block cache decodes its blocks once. These fast paths are why the tile
+that the warper also fills the row or column just beyond a source's edge. Datasets stay open
+across cells and threads (:class:`SourceCache`), so an asset that several cells share is opened
+once and its pixels decoded once. These fast paths are why the tile
 cache reads its sources itself rather than through ``odc.stac.load``, which reopens every asset for
 every band and cell and warps aligned 20 m bands; ``benchmarks/tile_cache_throughput.py`` measures
 both.
@@ -28,7 +28,9 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,28 +88,25 @@ def read_error(exc: BaseException) -> str:
 
 
 class SourceCache:
-    """Open rasterio datasets, kept per thread, and decoded pixels, shared by all threads.
+    """Open rasterio datasets and decoded pixels, shared by all threads.
 
-    Datasets (:meth:`open`): each thread opens its own (a GDAL handle is not thread-safe) and
-    keeps up to ``max_open``, closing the least recently used. Pixels (:meth:`window`): each file
-    is decoded in units of whole internal blocks, at least ``_UNIT`` pixels on a side, once for all
-    threads and cells (a thread that wants a unit another is decoding waits for it), and kept up
-    to ``max_bytes``, the least recently used dropped first. The units and the grids
-    (:meth:`grid`) are read through handles lent to one thread at a time and shared by all, up to
-    ``max_open`` kept: a file is opened once, not once per thread (an open costs as much as
-    decoding a 512 x 512 tile).
+    Datasets are lent to one thread at a time (:meth:`lend`; a GDAL handle is not thread-safe):
+    a file is opened once, not once per thread (an open costs as much as decoding a 512 x 512
+    tile), and a second handle only while two threads read it at once. Up to ``max_open``
+    handles are kept, the least recently returned closed first. Pixels (:meth:`window`): each
+    file is decoded in units of whole internal blocks, at least ``_UNIT`` pixels on a side, once
+    for all threads and cells (a thread that wants a unit another is decoding waits for it), and
+    kept up to ``max_bytes``, the least recently used dropped first.
 
     Args:
-        max_open: datasets each thread keeps open.
+        max_open: datasets kept open.
         max_bytes: decoded pixels kept, in bytes.
     """
 
     def __init__(self, max_open: int = 256, max_bytes: int = 1 << 30) -> None:
         self.max_open = max_open
         self.max_bytes = max_bytes
-        self._local = threading.local()
         self._lock = threading.Lock()
-        self._all: list[OrderedDict[str, rasterio.DatasetReader]] = []
         self._epsg: dict[str, int | None] = {}  # ds.crs.to_epsg() costs 30 us a call
         self._bounds: dict[tuple[str, str], tuple[float, float, float, float]] = {}
         self._grids: dict[str, SourceGrid] = {}
@@ -118,22 +117,28 @@ class SourceCache:
         self._lent: OrderedDict[str, list[rasterio.DatasetReader]] = OrderedDict()  # not in use
         self._n_lent = 0
 
-    def _borrow(self, href: str) -> rasterio.DatasetReader:
-        """A handle of ``href`` for this thread's use until :meth:`_return` (opened if need be)."""
+    @contextmanager
+    def lend(self, href: str) -> Iterator[rasterio.DatasetReader]:
+        """A dataset of ``href`` for this thread alone while the block runs (opened if need be).
+
+        A handle whose read failed is closed, not kept.
+        """
         with self._lock:
             free = self._lent.get(href)
-            if free:
+            ds = free.pop() if free else None
+            if ds is not None:
                 self._n_lent -= 1
-                ds = free.pop()
                 if not free:
                     del self._lent[href]
-                return ds
-        ds = rasterio.open(href, sharing=False)
-        if href not in self._epsg:
-            self._epsg[href] = ds.crs.to_epsg() if ds.crs is not None else None
-        return ds
-
-    def _return(self, href: str, ds: rasterio.DatasetReader) -> None:
+        if ds is None:
+            ds = rasterio.open(href, sharing=False)
+            if href not in self._epsg:
+                self._epsg[href] = ds.crs.to_epsg() if ds.crs is not None else None
+        try:
+            yield ds
+        except BaseException:
+            ds.close()
+            raise
         drop = []
         with self._lock:
             self._lent.setdefault(href, []).append(ds)
@@ -148,25 +153,6 @@ class SourceCache:
         for d in drop:
             d.close()
 
-    def open(self, href: str) -> rasterio.DatasetReader:
-        """The dataset at ``href``, opened by this thread (once)."""
-        open_ = getattr(self._local, "open", None)
-        if open_ is None:
-            open_ = self._local.open = OrderedDict()
-            with self._lock:
-                self._all.append(open_)
-        ds = open_.get(href)
-        if ds is not None:
-            open_.move_to_end(href)
-            return ds
-        ds = rasterio.open(href, sharing=False)
-        open_[href] = ds
-        if href not in self._epsg:
-            self._epsg[href] = ds.crs.to_epsg() if ds.crs is not None else None
-        if len(open_) > self.max_open:
-            open_.popitem(last=False)[1].close()
-        return ds
-
     def epsg(self, href: str) -> int | None:
         """The EPSG code of an opened dataset's CRS (``None``: none or not an EPSG code)."""
         return self._epsg[href]
@@ -175,30 +161,31 @@ class SourceCache:
         """The pixel grid of the file at ``href`` (opened if need be)."""
         grid = self._grids.get(href)
         if grid is None:
-            ds = self._borrow(href)
-            try:
+            with self.lend(href) as ds:
                 crs = ds.crs.to_wkt() if ds.crs is not None else ""
                 for b, shape in enumerate(ds.block_shapes, 1):
                     self._blocks[href, b] = shape
                     self._nodata[href, b] = ds.nodatavals[b - 1]
                 grid = self._grids[href] = SourceGrid(crs, ds.transform, ds.height, ds.width)
-            finally:
-                self._return(href, ds)
         return grid
 
     def nodata(self, href: str, bidx: int) -> float | None:
-        """The file's nodata value of band ``bidx`` (``None``: none)."""
-        key = (href, bidx)
-        if key not in self._nodata:
-            self._nodata[key] = self.open(href).nodatavals[bidx - 1]
-        return self._nodata[key]
+        """The file's nodata value of band ``bidx`` (``None``: none).
+
+        Raises:
+            IndexError: if the file has no band ``bidx``.
+        """
+        self.grid(href)
+        if (href, bidx) not in self._nodata:
+            raise IndexError(f"{href} has no band {bidx}")
+        return self._nodata[href, bidx]
 
     def bounds(self, href: str, crs: str) -> tuple[float, float, float, float]:
-        """An opened dataset's bounds in ``crs`` (edges densified), computed once."""
+        """A dataset's bounds in ``crs`` (edges densified), computed once."""
         key = (href, crs)
         if key not in self._bounds:
-            ds = self.open(href)
-            self._bounds[key] = transform_bounds(ds.crs, crs, *ds.bounds, densify_pts=21)
+            with self.lend(href) as ds:
+                self._bounds[key] = transform_bounds(ds.crs, crs, *ds.bounds, densify_pts=21)
         return self._bounds[key]
 
     def window(self, href: str, bidx: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
@@ -248,15 +235,10 @@ class SourceCache:
         if not mine:
             return future.result()
         try:
-            ds = self._borrow(href)
-            try:
+            with self.lend(href) as ds:
                 x0, y0 = uc * uw, ur * uh
                 window = Window(x0, y0, min(uw, ds.width - x0), min(uh, ds.height - y0))
                 data = ds.read(bidx, window=window)
-            except BaseException:
-                ds.close()
-                raise
-            self._return(href, ds)
             if data.dtype.kind == "f" and data.dtype != np.float32:
                 data = data.astype(np.float32)
         except BaseException as e:
@@ -275,11 +257,8 @@ class SourceCache:
         return data
 
     def close(self) -> None:
-        """Close every dataset of every thread (when no thread reads any more)."""
+        """Close every dataset (when no thread reads any more) and drop the decoded pixels."""
         with self._lock:
-            for open_ in self._all:
-                while open_:
-                    open_.popitem()[1].close()
             for lent in self._lent.values():
                 for ds in lent:
                     ds.close()
@@ -322,7 +301,7 @@ def read_band(
     """Read one band onto a cell's pixel grid.
 
     Args:
-        sources: the open datasets of this thread.
+        sources: the open datasets and decoded pixels.
         src: the band.
         geobox: the cell's grid.
         resampling: GDAL kernel name (``"nearest"``, ``"bilinear"``, ``"average"``, ``"cubic"``).
@@ -335,7 +314,17 @@ def read_band(
         rasterio.errors.RasterioError: if the file cannot be opened or read (see
             :data:`READ_ERRORS`).
     """
-    ds = sources.open(src.href)
+    with sources.lend(src.href) as ds:
+        return _read_band(sources, ds, src, geobox, resampling)
+
+
+def _read_band(
+    sources: SourceCache,
+    ds: rasterio.DatasetReader,
+    src: BandSource,
+    geobox: GeoBox,
+    resampling: str,
+) -> tuple[np.ndarray, float | None]:
     dtype = np.dtype(ds.dtypes[src.bidx - 1])
     out_dtype = dtype if dtype.kind in "ui" else np.dtype(np.float32)
     nodata = src.nodata if src.nodata is not None else ds.nodatavals[src.bidx - 1]

@@ -10,6 +10,7 @@ from affine import Affine
 from odc.geo.crs import CRS
 from odc.geo.geobox import GeoBox
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
 from rasterio.warp import reproject
 from rasterio.warp import transform as warp_transform
 from rasterio.windows import from_bounds
@@ -115,18 +116,28 @@ def test_a_cell_away_from_the_source_is_nodata(sources):
     assert not read_band(sources, _ben("B04"), far, resampling="bilinear")[0].any()
 
 
-def test_datasets_stay_open_per_thread_until_closed():
+def test_datasets_are_lent_one_thread_at_a_time_and_kept_until_closed():
     cache = SourceCache(max_open=2)
     href = _ben("B02").href
-    first = cache.open(href)
-    assert cache.open(href) is first  # reused in the same thread
     other: list = []
-    t = threading.Thread(target=lambda: other.append(cache.open(href)))
-    t.start()
-    t.join()
-    assert other[0] is not first and not other[0].closed  # another thread: its own handle
-    cache.open(_ben("B03").href)
-    cache.open(_ben("B04").href)  # a third in this thread: the least recently used is closed
-    assert first.closed
+
+    def read_beside() -> None:
+        with cache.lend(href) as ds:
+            other.append(ds)
+
+    with cache.lend(href) as first:
+        t = threading.Thread(target=read_beside)
+        t.start()
+        t.join()
+        assert other[0] is not first  # in use: the other thread got a handle of its own
+    with cache.lend(href) as again:
+        assert again is first and not other[0].closed  # returned, then lent: not opened again
+    with cache.lend(_ben("B03").href), cache.lend(_ben("B04").href):
+        pass
+    assert first.closed and other[0].closed  # four kept, max_open=2: the oldest are closed
+    with pytest.raises(RasterioError), cache.lend(href) as ds:
+        raise RasterioError("read failed")
+    assert ds.closed  # a handle whose read failed is not kept
+    kept = [d for lent in cache._lent.values() for d in lent]
     cache.close()
-    assert other[0].closed
+    assert kept and all(d.closed for d in kept)
