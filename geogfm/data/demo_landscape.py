@@ -3,7 +3,8 @@
 The demo catalog must exercise everything real imagery does: land covers with their own spectra
 and seasons, clouds and their shadows, a scene classification that agrees with the pixels, and no
 data beyond a swath edge. This module makes such imagery from a seed, with numpy only, in well
-under a second per scene at the default size:
+under a second per scene at the default size (its random fields are drawn by
+:mod:`geogfm.data.demo_fields`):
 
 1. **Land cover** (ESA WorldCover classes) of spatially coherent patches: forest, shrub and
    pasture on the higher ground of a random terrain, rock on its summits, farmland cut into
@@ -19,8 +20,9 @@ under a second per scene at the default size:
    thresholded fractal field (their fraction drawn around the requested mean) with thin cirrus at
    the edges, their shadows the cloud bodies shifted away from the sun computed for the overpass.
 4. **A tile's scene** (:meth:`DemoLandscape.observe`): a tile is a square on its own grid, maybe in
-   another UTM zone, placed on the landscape by the map between the two grids (:class:`TileView`:
-   a whole-pixel shift, or exact positions on a lattice of nodes, interpolated); it samples the
+   another UTM zone, placed on the landscape by the map between the two grids
+   (:class:`~geogfm.data.demo_view.TileView`: a whole-pixel shift, or exact positions on a lattice
+   of nodes, interpolated); it samples the
    date at its pixel centres, block-averages to 20 m and 60 m, adds its own sensor noise, loses the
    pixels beyond the swath edge of a partial orbit, and derives a 20 m scene classification (SCL)
    from the same fields. Tiles that overlap see the same ground, clouds and swath edge.
@@ -39,6 +41,14 @@ import numpy as np
 from affine import Affine
 
 from geogfm.data.datasets.sentinel2 import BANDS
+from geogfm.data.demo_fields import (
+    block_mean,
+    gaussian_field,
+    meander,
+    psf,
+    solar_position,
+    voronoi,
+)
 from geogfm.data.demo_spectra import (
     _BAND_INDEX,
     _C,
@@ -60,280 +70,9 @@ from geogfm.data.demo_spectra import (
     LANDCOVER_COLORS,
     _compose,
 )
+from geogfm.data.demo_view import DemoScene, TileView
 
-__all__ = ["LANDCOVER_CLASSES", "LANDCOVER_COLORS", "DemoLandscape", "DemoScene", "TileView"]
-
-# ------------------------------------------------------------------------------------- noise fields
-
-
-def _fast_len(n: int) -> int:
-    """Smallest 5-smooth integer >= n (a fast FFT size)."""
-    while True:
-        m = n
-        for p in (2, 3, 5):
-            while m % p == 0:
-                m //= p
-        if m == 1:
-            return n
-        n += 1
-
-
-def _field(
-    rng: np.random.Generator, shape: tuple[int, int], scale: float, *, beta: float | None = None
-) -> np.ndarray:
-    """A zero-mean, unit-variance Gaussian random field (float32) by spectral synthesis.
-
-    With ``beta=None`` the spectrum is Gaussian (smooth blobs of about ``scale`` pixels);
-    otherwise a power law ``k**-beta`` rolled off below ``1/scale`` (fractal detail at every
-    scale up to ``scale``). The field is periodic over a fast FFT size >= ``shape``, then cropped.
-    """
-    h, w = shape
-    fh, fw = _fast_len(h), _fast_len(w)
-    spec = np.fft.rfft2(rng.standard_normal((fh, fw), dtype=np.float32))
-    k2 = np.fft.fftfreq(fh)[:, None] ** 2 + np.fft.rfftfreq(fw)[None, :] ** 2
-    if beta is None:
-        spec *= np.exp(-2.0 * math.pi**2 * scale**2 * k2)
-    else:
-        spec *= (k2 + scale**-2) ** (-beta / 4.0)
-    spec[0, 0] = 0.0
-    f = np.fft.irfft2(spec, s=(fh, fw))[:h, :w]
-    f -= f.mean()
-    return (f / max(f.std(), 1e-12)).astype(np.float32)
-
-
-def _voronoi(
-    rng: np.random.Generator, shape: tuple[int, int], cell: tuple[float, float], angle: float
-) -> np.ndarray:
-    """Ids of anisotropic Voronoi cells over a ``shape`` grid: elongated parcels.
-
-    Seeds are jittered on a grid of ``cell`` (along, across) pixels rotated by ``angle``; each pixel
-    checks the 3x3 neighbouring grid cells only.
-    """
-    yy, xx = np.indices(shape, dtype=np.float32)
-    c, s = math.cos(angle), math.sin(angle)
-    u = (xx * c + yy * s) / cell[0]
-    v = (-xx * s + yy * c) / cell[1]
-    iu, iv = np.floor(u).astype(np.int32), np.floor(v).astype(np.int32)
-    u0, v0 = iu.min() - 1, iv.min() - 1
-    nu, nv = iu.max() - u0 + 2, iv.max() - v0 + 2
-    jitter = rng.uniform(0.1, 0.9, size=(2, nu, nv)).astype(np.float32)
-    best = np.full(shape, np.inf, dtype=np.float32)
-    ids = np.zeros(shape, dtype=np.int64)
-    for du in (-1, 0, 1):
-        for dv in (-1, 0, 1):
-            cu, cv = iu + du - u0, iv + dv - v0
-            d = (u - (cu + u0) - jitter[0, cu, cv]) ** 2 + (v - (cv + v0) - jitter[1, cu, cv]) ** 2
-            closer = d < best
-            best[closer] = d[closer]
-            ids[closer] = (cu * nv + cv)[closer]
-    return ids
-
-
-def _meander(
-    rng: np.random.Generator,
-    shape: tuple[int, int],
-    wavelength: tuple[float, float],
-    amplitude: float,
-) -> np.ndarray:
-    """Distance (pixels) of every pixel of a ``shape`` grid to a meandering line across it."""
-    yy, xx = np.indices(shape, dtype=np.float32)
-    theta = rng.uniform(0.0, math.pi)
-    cx, cy = np.array(shape[::-1]) * rng.uniform(0.3, 0.7, size=2)
-    along = (xx - cx) * math.cos(theta) + (yy - cy) * math.sin(theta)
-    across = -(xx - cx) * math.sin(theta) + (yy - cy) * math.cos(theta)
-    offset = np.zeros_like(along)
-    for _ in range(3):
-        lam = rng.uniform(*wavelength)
-        offset += (
-            amplitude
-            * lam
-            * rng.uniform(0.3, 1.0)
-            * np.sin(2.0 * math.pi * along / lam + rng.uniform(0.0, 2.0 * math.pi))
-        )
-    return np.abs(across - offset)
-
-
-def _block_mean(a: np.ndarray, k: int) -> np.ndarray:
-    """Mean over ``k x k`` blocks of the last two axes (sizes divisible by ``k``)."""
-    *lead, h, w = a.shape
-    return a.reshape(*lead, h // k, k, w // k, k).mean(axis=(-3, -1))
-
-
-def _psf(img: np.ndarray) -> np.ndarray:
-    """The sensor's point spread: a separable [0.2, 0.6, 0.2] blur of ``(B, H, W)``, edges held."""
-    for axis in (1, 2):
-        out = 0.6 * img
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-        out[tuple(hi)] += 0.2 * img[tuple(lo)]  # from the previous row (column)
-        out[tuple(lo)] += 0.2 * img[tuple(hi)]  # from the next one
-        for edge in (0, -1):  # beyond the edge, the edge pixel itself
-            idx = [slice(None)] * 3
-            idx[axis] = edge
-            out[tuple(idx)] += 0.2 * img[tuple(idx)]
-        img = out
-    return img
-
-
-def _solar_position(when: dt.datetime, lon: float, lat: float) -> tuple[float, float]:
-    """Sun azimuth (degrees clockwise from north) and elevation (degrees) at ``when`` (UTC).
-
-    NOAA's low-precision formulas (declination and equation of time as Fourier series), good to a
-    fraction of a degree.
-    """
-    when = when.astimezone(dt.UTC)
-    hour = when.hour + when.minute / 60 + when.second / 3600
-    g = 2 * math.pi / 365 * (when.timetuple().tm_yday - 1 + (hour - 12) / 24)
-    decl = (
-        0.006918
-        - 0.399912 * math.cos(g)
-        + 0.070257 * math.sin(g)
-        - 0.006758 * math.cos(2 * g)
-        + 0.000907 * math.sin(2 * g)
-        - 0.002697 * math.cos(3 * g)
-        + 0.00148 * math.sin(3 * g)
-    )
-    eqtime = 229.18 * (
-        0.000075
-        + 0.001868 * math.cos(g)
-        - 0.032077 * math.sin(g)
-        - 0.014615 * math.cos(2 * g)
-        - 0.040849 * math.sin(2 * g)
-    )
-    hour_angle = math.radians((hour * 60 + eqtime + 4 * lon) / 4 - 180)
-    phi = math.radians(lat)
-    cos_zen = math.sin(phi) * math.sin(decl) + math.cos(phi) * math.cos(decl) * math.cos(hour_angle)
-    elevation = 90 - math.degrees(math.acos(max(-1.0, min(1.0, cos_zen))))
-    azimuth = math.degrees(
-        math.atan2(
-            math.sin(hour_angle),
-            math.cos(hour_angle) * math.sin(phi) - math.tan(decl) * math.cos(phi),
-        )
-    )
-    return (azimuth + 180.0) % 360.0, elevation
-
-
-# -------------------------------------------------------------------------------------------- scene
-
-
-@dataclass(frozen=True)
-class DemoScene:
-    """One simulated Sentinel-2 L2A acquisition of a tile."""
-
-    #: band key -> ``(h, w)`` float32 surface reflectance at native resolution, NaN = no data
-    reflectance: dict[str, np.ndarray]
-    #: ``(h, w)`` uint8 scene classification at 20 m (Sen2Cor classes, 0 = no data)
-    scl: np.ndarray
-    #: valid-data footprint, ``(x, y)`` vertices in 10 m pixel units from the tile's top-left corner
-    footprint: tuple[tuple[float, float], ...]
-    sun_azimuth: float  #: degrees clockwise from north
-    sun_elevation: float  #: degrees above the horizon
-
-    def scl_percentages(self) -> dict[int, float]:
-        """Percentage of each SCL class among the pixels with data (class 0: among all pixels)."""
-        counts = np.bincount(self.scl.ravel(), minlength=12).tolist()
-        valid = sum(counts[1:])
-        pct = {c: 100.0 * counts[c] / valid if valid else 0.0 for c in range(1, 12)}
-        pct[0] = 100.0 * counts[0] / sum(counts)
-        return pct
-
-    @property
-    def cloud_cover(self) -> float:
-        """Cloud percentage among the pixels with data: SCL medium, high and cirrus (8, 9, 10)."""
-        pct = self.scl_percentages()
-        return pct[8] + pct[9] + pct[10]
-
-
-@dataclass(frozen=True, eq=False)
-class TileView:
-    """Where a tile's pixels lie on the landscape.
-
-    A tile is a square of ``size`` 10 m pixels on its own grid (its own UTM zone, say). On the
-    landscape's grid it is either a whole-pixel shift of it (a crop), or, in another UTM zone, a
-    slightly rotated, scaled and curved square. The map is the affine ``to_landscape`` or, given
-    ``nodes``, the bilinear interpolation of exact landscape positions on a lattice of tile points
-    (:meth:`from_nodes`): the map between two UTM grids is affine only to a fraction of a pixel
-    over a few kilometres (about 0.1 px over 10 km at 3 degrees from a central meridian, growing
-    with the square of the distance), while lattice nodes a few hundred metres apart follow its
-    curvature to a thousandth of a pixel at any tile size. The tile samples the landscape at its
-    pixel centres (nearest landscape pixel), or crops it.
-    """
-
-    size: int  #: tile side in 10 m pixels
-    #: tile pixel ``(col, row)`` -> landscape pixel ``(col, row)``, pixel corners at whole numbers;
-    #: with ``nodes``, the affine map through three of the tile's corners (a close approximation)
-    to_landscape: Affine
-    #: ``(2, m, m)`` float64 landscape ``(col, row)`` of the tile points ``(j, i) * step``
-    #: (``nodes[:, i, j]``), ``step = side / (m - 1)``; None: the map is ``to_landscape``
-    nodes: np.ndarray | None = None
-
-    @classmethod
-    def from_nodes(cls, size: int, nodes: np.ndarray) -> TileView:
-        """A view from the landscape positions of a regular lattice of tile points.
-
-        Args:
-            size: tile side in 10 m pixels.
-            nodes: ``(2, m, m)`` landscape ``(col, row)`` of the tile points
-                ``(x, y) = (j, i) * side / (m - 1)`` at ``nodes[:, i, j]``, ``m >= 2``, where
-                ``side`` is :attr:`side` (the lattice spans the sampled square).
-        """
-        nodes = np.asarray(nodes, dtype=np.float64)
-        if nodes.ndim != 3 or nodes.shape[0] != 2 or not nodes.shape[1] == nodes.shape[2] >= 2:
-            raise ValueError(f"nodes of shape {nodes.shape} are not (2, m, m) with m >= 2")
-        (c0, c1), (c2, _) = nodes[:, 0, [0, -1]].T, nodes[:, -1, [0, -1]].T
-        n = float(-(-size // 6) * 6)
-        affine = Affine(
-            (c1[0] - c0[0]) / n, (c2[0] - c0[0]) / n, c0[0], (c1[1] - c0[1]) / n,
-            (c2[1] - c0[1]) / n, c0[1],
-        )  # fmt: skip
-        nodes.setflags(write=False)
-        return cls(size, affine, nodes)
-
-    @property
-    def side(self) -> int:
-        """The tile side rounded up to whole 60 m pixels (what is sampled)."""
-        return -(-self.size // 6) * 6
-
-    @property
-    def crop(self) -> tuple[int, int] | None:
-        """``(row, col)`` of the tile's top-left pixel in the landscape, if the tile is a crop."""
-        a = self.to_landscape
-        if self.nodes is not None:
-            return None
-        if (a.a, a.b, a.d, a.e) == (1.0, 0.0, 0.0, 1.0) and a.c.is_integer() and a.f.is_integer():
-            return int(a.f), int(a.c)
-        return None
-
-    def locate(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Landscape ``(col, row)`` of tile points ``(x, y)`` (10 m pixel units, in the tile)."""
-        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-        if self.nodes is None:
-            a = self.to_landscape
-            return a.a * x + a.b * y + a.c, a.d * x + a.e * y + a.f
-        m = self.nodes.shape[-1]
-        step = self.side / (m - 1)
-        u, v = x / step, y / step
-        j = np.clip(np.floor(u), 0, m - 2).astype(np.intp)
-        i = np.clip(np.floor(v), 0, m - 2).astype(np.intp)
-        fu, fv = u - j, v - i
-        nd = self.nodes
-        top = nd[:, i, j] * (1.0 - fu) + nd[:, i, j + 1] * fu
-        bottom = nd[:, i + 1, j] * (1.0 - fu) + nd[:, i + 1, j + 1] * fu
-        col, row = top * (1.0 - fv) + bottom * fv
-        return col, row
-
-    def positions(self, resolution: int, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Landscape ``(col, row)`` of the centres of the tile's ``resolution`` m pixels.
-
-        Args:
-            resolution: 10, 20 or 60.
-            n: pixels per side (default: those that cover the tile).
-        """
-        k = resolution // 10
-        n = n or -(-self.size // k)
-        c = (np.arange(n) + 0.5) * k
-        return self.locate(*np.meshgrid(c, c))
+__all__ = ["LANDCOVER_CLASSES", "LANDCOVER_COLORS", "DemoLandscape"]
 
 
 @dataclass(frozen=True)
@@ -395,9 +134,9 @@ class DemoLandscape:
         self.landcover = self._landcover[:h, :w]
 
         # per-pixel vigour (std 1, coherent at a few pixels and within-parcel gradients) and texture
-        vig = sum(f * _field(rng, shape, sc) for f, sc in ((0.5, 20), (0.6, 3), (0.4, 1)))
+        vig = sum(f * gaussian_field(rng, shape, sc) for f, sc in ((0.5, 20), (0.6, 3), (0.4, 1)))
         self._vigour = np.clip(vig / vig.std(), -2.5, 2.5).astype(np.float32)
-        fine, medium = _field(rng, shape, 0.7), _field(rng, shape, 8)
+        fine, medium = gaussian_field(rng, shape, 0.7), gaussian_field(rng, shape, 8)
         urban = np.isin(self._unit_cover[self._unit], (_C.BUILT, _C.ROAD))
         self._texture = np.where(
             urban, np.clip(1.0 + 0.22 * fine, 0.5, 1.6), 1.0 + 0.025 * fine + 0.03 * medium
@@ -422,8 +161,8 @@ class DemoLandscape:
         """Slot and region id of every pixel: what is where, and which parcel or stand it is in."""
         h, w = shape
         area_km2 = h * w * 1e-4
-        terrain = _field(rng, shape, 120, beta=3.0)
-        natural = 0.75 * terrain + 0.65 * _field(rng, shape, 40)
+        terrain = gaussian_field(rng, shape, 120, beta=3.0)
+        natural = 0.75 * terrain + 0.65 * gaussian_field(rng, shape, 40)
         f_forest, f_shrub, f_pasture = rng.uniform(0.28, 0.45), *rng.uniform(0.03, 0.07, size=2)
         q_pasture, q_shrub, q_forest = np.quantile(
             natural,
@@ -436,9 +175,9 @@ class DemoLandscape:
         slot[terrain > np.quantile(terrain, 0.992)] = _S.ROCK
 
         # a river with riparian trees and gravel bars; sometimes a lake in a low spot
-        river = _meander(rng, shape, (60.0, 200.0), 0.12)
+        river = meander(rng, shape, (60.0, 200.0), 0.12)
         width = rng.uniform(4.0, 9.0) / 2
-        banks = _field(rng, shape, 2)
+        banks = gaussian_field(rng, shape, 2)
         slot[(river < width + 2.5 + 1.5 * banks) & (slot == _S.FARM)] = _S.FOREST
         water = river < width
         if rng.random() < 0.6:
@@ -446,13 +185,15 @@ class DemoLandscape:
             cand = rng.integers(0, (h, w), size=(32, 2))
             cy, cx = cand[np.argmin(terrain[cand[:, 0], cand[:, 1]])]
             ry, rx = rng.uniform(12.0, 35.0, size=2)
-            lake = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 + 0.35 * _field(rng, shape, 6)
+            lake = (
+                ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 + 0.35 * gaussian_field(rng, shape, 6)
+            )
             water |= lake < 1.0
 
         # roads across the tile, villages along them
         roads = np.zeros(shape, dtype=bool)
         for _ in range(max(1, round(max(h, w) / 250)) + int(rng.integers(0, 2))):  # one per ~2.5 km
-            roads |= _meander(rng, shape, (150.0, 400.0), 0.04) < rng.uniform(0.6, 1.0)
+            roads |= meander(rng, shape, (150.0, 400.0), 0.04) < rng.uniform(0.6, 1.0)
         on_road = np.flatnonzero(roads)
         density = np.zeros(shape, dtype=np.float32)
         for _ in range(max(1, round(area_km2 / 6))):
@@ -462,7 +203,7 @@ class DemoLandscape:
             y0, y1, x0, x1 = max(cy - r, 0), min(cy + r, h), max(cx - r, 0), min(cx + r, w)
             yy, xx = np.ogrid[y0:y1, x0:x1]
             density[y0:y1, x0:x1] += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
-        built = density * (1.0 + 0.4 * _field(rng, shape, 4)) > 0.55
+        built = density * (1.0 + 0.4 * gaussian_field(rng, shape, 4)) > 0.55
         slot[built] = _S.BUILT
         slot[roads] = _S.ROAD
         slot[(river >= width) & (river < width + 2.0) & (banks > 1.0)] = _S.ROCK
@@ -472,10 +213,12 @@ class DemoLandscape:
         angle = rng.uniform(0.0, math.pi)
         cell_a = (rng.uniform(22.0, 40.0), rng.uniform(8.0, 14.0))
         cell_b = (rng.uniform(22.0, 40.0), rng.uniform(8.0, 14.0))
-        parcels_a = _voronoi(rng, shape, cell_a, angle)
-        parcels_b = _voronoi(rng, shape, cell_b, angle + rng.uniform(0.5, 1.2))
-        parcels = np.where(_field(rng, shape, 150) > 0, parcels_a, parcels_b + parcels_a.max() + 1)
-        stands = _voronoi(rng, shape, (35.0, 35.0), 0.0) + parcels.max() + 1
+        parcels_a = voronoi(rng, shape, cell_a, angle)
+        parcels_b = voronoi(rng, shape, cell_b, angle + rng.uniform(0.5, 1.2))
+        parcels = np.where(
+            gaussian_field(rng, shape, 150) > 0, parcels_a, parcels_b + parcels_a.max() + 1
+        )
+        stands = voronoi(rng, shape, (35.0, 35.0), 0.0) + parcels.max() + 1
         region = np.where(slot == _S.FARM, parcels, stands)
         return slot, region
 
@@ -545,7 +288,7 @@ class DemoLandscape:
         dcol = -length / 10 * math.sin(math.radians(azimuth))
         pr, pc = math.ceil(abs(drow)), math.ceil(abs(dcol))
         dom = (h + 2 * pr, w + 2 * pc)
-        tau = _field(rng, dom, 250, beta=4.0) + 0.05 * _field(rng, dom, 2)
+        tau = gaussian_field(rng, dom, 250, beta=4.0) + 0.05 * gaussian_field(rng, dom, 2)
         tile = tau[pr : pr + h, pc : pc + w]
         if fraction <= 0:
             zeros = np.zeros((h, w), dtype=np.float32)
@@ -575,7 +318,7 @@ class DemoLandscape:
         if not 0.0 <= cloud_cover <= 1.0:
             raise ValueError(f"cloud_cover={cloud_cover} is not a fraction in [0, 1]")
         rng = np.random.default_rng([self.seed, 2, when.date().toordinal()])
-        azimuth, elevation = _solar_position(when, self.lon, self.lat)
+        azimuth, elevation = solar_position(when, self.lon, self.lat)
         doy = when.timetuple().tm_yday
 
         # surface: unit spectra gathered to pixels, vigour and texture, the sensor's blur
@@ -587,7 +330,7 @@ class DemoLandscape:
         np.take(spectra.T, self._unit, axis=1, out=surf)
         surf += self._vigour * np.take(dspectra.T, self._unit, axis=1)
         surf *= self._texture
-        surf[:] = _psf(surf)
+        surf[:] = psf(surf)
         red, nir = surf[_BAND_INDEX["red"]], surf[_BAND_INDEX["nir08"]]
         layers[_NDVI] = (nir - red) / (nir + red + 1e-6)
         layers[_NIR] = nir
@@ -646,7 +389,7 @@ class DemoLandscape:
         for i, b in enumerate(BANDS):
             k = b.resolution // 10
             side = -(-size // k)
-            band = _block_mean(layers[i], k)[:side, :side] if k > 1 else layers[i, :size, :size]
+            band = block_mean(layers[i], k)[:side, :side] if k > 1 else layers[i, :size, :size]
             band = band + rng.standard_normal(band.shape, dtype=np.float32) * (0.001 + 0.005 * band)
             band = np.clip(band, 1e-4, 1.5).astype(np.float32)
             if partial:
@@ -656,7 +399,7 @@ class DemoLandscape:
         # scene classification at 20 m, from the same fields
         side = -(-size // 2)
         ndvi, nir, a20, s20 = (
-            _block_mean(layers[i], 2)[:side, :side] for i in (_NDVI, _NIR, _ALPHA, _SHADOW)
+            block_mean(layers[i], 2)[:side, :side] for i in (_NDVI, _NIR, _ALPHA, _SHADOW)
         )
         scl = np.full((side, side), 5, dtype=np.uint8)  # not vegetated
         scl[ndvi > 0.4] = 4

@@ -14,8 +14,8 @@ zone of ``demo_catalog.lon``, and one in the neighbouring zone that overlaps it 
 its own zone's grid (``proj:code``) and seen by the same datatake on every date (same time,
 platform, clouds and swath edge). By default they straddle the 32 | 33 boundary at 12 E. The pixels
 come from one :class:`geogfm.data.demo_landscape.DemoLandscape` laid out on the first tile's grid;
-this module places the tiles, and writes the files and the metadata, byte-identical for the same
-params.
+:mod:`geogfm.data.demo_tiles` places the tiles, and this module writes the files and the metadata,
+byte-identical for the same params.
 
 Layout (relative hrefs, so the directory can move)::
 
@@ -33,10 +33,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import datetime as dt
 import logging
-import math
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +50,6 @@ from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 from pystac.extensions.sat import OrbitState, SatExtension
 from pystac.extensions.view import ViewExtension
-from rasterio.transform import Affine
-from rasterio.warp import transform as warp_transform
 from tqdm import tqdm
 
 from geogfm.core.config import GeoGFMConfig
@@ -64,13 +60,9 @@ from geogfm.data.datasets.sentinel2 import (
     SCL_CLASSES,
     baseline_offset,
 )
-from geogfm.data.demo_landscape import (
-    LANDCOVER_CLASSES,
-    LANDCOVER_COLORS,
-    DemoLandscape,
-    DemoScene,
-    TileView,
-)
+from geogfm.data.demo_landscape import LANDCOVER_CLASSES, LANDCOVER_COLORS, DemoLandscape
+from geogfm.data.demo_tiles import TileGrid, demo_tiles, landscape_views
+from geogfm.data.demo_view import DemoScene
 
 __all__ = ["LANDCOVER_COLLECTION", "S2_COLLECTION", "processing_baseline", "run"]
 
@@ -98,157 +90,12 @@ def processing_baseline(day: dt.date) -> str:
     return [b for start, b in _BASELINES if day >= start][-1]
 
 
-# --------------------------------------------------------------------------------------------- grid
-
-
-@dataclass(frozen=True)
-class _Grid:
-    """The demo tile on its UTM grid: ``size`` 10 m pixels from the top-left corner ``(x0, y0)``."""
-
-    epsg: int
-    x0: float
-    y0: float
-    size: int
-    mgrs: str  # e.g. "33TWL"
-
-    @property
-    def crs(self) -> str:
-        return f"EPSG:{self.epsg}"
-
-    def transform(self, resolution: int) -> Affine:
-        return Affine(resolution, 0.0, self.x0, 0.0, -resolution, self.y0)
-
-    def shape(self, resolution: int) -> tuple[int, int]:
-        side = -(-self.size * 10 // resolution)
-        return side, side
-
-    def lonlat(self, pixels: list[tuple[float, float]]) -> list[list[float]]:
-        """10 m pixel coordinates ``(x, y)`` to ``[lon, lat]`` (rounded to ~1 cm)."""
-        xs = [self.x0 + 10.0 * x for x, _ in pixels]
-        ys = [self.y0 - 10.0 * y for _, y in pixels]
-        lons, lats = warp_transform(self.crs, "EPSG:4326", xs, ys)
-        return [[round(lon, 7), round(lat, 7)] for lon, lat in zip(lons, lats, strict=True)]
-
-
-def _utm_epsg(lon: float, lat: float) -> int:
-    zone = min(int((lon + 180.0) // 6) + 1, 60)
-    return (32600 if lat >= 0 else 32700) + zone
-
-
-def _grid(*, lon: float, lat: float, size: int, epsg: int | None = None, snap: float = 0) -> _Grid:
-    """Place a ``size``-pixel tile centred near ``(lon, lat)`` in a UTM zone (default: its own).
-
-    The corners snap to multiples of ``snap`` metres; by default the largest ``2**k * 10`` m (at
-    most 2560 m) that fits twice in the tile, so tile_cache's cells (corners on multiples of
-    ``cell_size * resolution``) of up to that size cover the tile exactly, and the point stays
-    well inside the tile.
-    """
-    epsg = epsg or _utm_epsg(lon, lat)
-    zone = epsg % 100
-    (cx,), (cy,) = warp_transform("EPSG:4326", f"EPSG:{epsg}", [lon], [lat])
-    half = size * 10 / 2
-    snap = snap or 10.0 * 2 ** min(math.floor(math.log2(size)) - 1, 8)
-    x0 = round((cx - half) / snap) * snap
-    y0 = round((cy + half) / snap) * snap
-    # MGRS 100 km square of the centre (the AA lettering Sentinel-2 tiles use)
-    band = "CDEFGHJKLMNPQRSTUVWX"[min(int((lat + 80.0) // 8), 19)]
-    column = ("ABCDEFGH", "JKLMNPQR", "STUVWXYZ")[(zone - 1) % 3][int(cx // 100_000) - 1]
-    row = "ABCDEFGHJKLMNPQRSTUV"[(int(cy // 100_000) + (0 if zone % 2 else 5)) % 20]
-    return _Grid(epsg=epsg, x0=x0, y0=y0, size=size, mgrs=f"{zone:02d}{band}{column}{row}")
-
-
-def _grids(*, lon: float, lat: float, size: int) -> list[_Grid]:
-    """The demo's two tiles, each on its own UTM zone's grid.
-
-    The first is centred on ``(lon, lat)`` in its UTM zone. The second lies in the neighbouring
-    zone on the side nearer to ``lon`` (west in the western half of the zone) and overlaps the first
-    by half its width, as Sentinel-2 tiles overlap across a zone boundary; its corners snap to
-    60 m, like the real tiling grid's.
-    """
-    home = _grid(lon=lon, lat=lat, size=size)
-    zone = home.epsg % 100
-    step = -1 if lon < -177.0 + 6 * (zone - 1) else 1  # central meridian of the zone
-    other = home.epsg - zone + (zone - 1 + step) % 60 + 1
-    cx, cy = home.x0 + (1 + step) * size * 5.0, home.y0 - size * 5.0  # half a tile over
-    (lon2,), (lat2,) = warp_transform(home.crs, "EPSG:4326", [cx], [cy])
-    return [home, _grid(lon=lon2, lat=lat2, size=size, epsg=other, snap=60.0)]
-
-
-#: Spacing of the lattice on which another zone's tile is projected exactly, in 10 m pixels: the
-#: bilinear interpolation between its nodes is off by about ``curvature * spacing**2 / 8``, below
-#: 1e-4 px for the curvature of UTM grids near the demo's latitudes (checked in :func:`_views`).
-_NODE_SPACING = 64
-_NODE_TOLERANCE = 0.01  # px: largest allowed interpolation error, at the lattice cells' centres
-
-
-def _views(grids: list[_Grid]) -> list[tuple[_Grid, np.ndarray]]:
-    """Each tile's sampled square on the first tile's 10 m pixel grid, as a lattice of nodes.
-
-    Returns:
-        For every grid: ``(2, m, m)`` ``(col, row)`` on the first tile's pixel grid of the tile
-        points ``(x, y) = (j, i) * side / (m - 1)`` (``side``: the tile rounded up to 60 m),
-        projected exactly; ``m = 2`` (the corners) for a tile in the first tile's zone, where the
-        map is a translation.
-    """
-    home = grids[0]
-
-    def project(g: _Grid, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        xs, ys = warp_transform(
-            g.crs, home.crs, (g.x0 + 10.0 * x).ravel(), (g.y0 - 10.0 * y).ravel()
-        )
-        col = (np.asarray(xs) - home.x0) / 10.0
-        row = (home.y0 - np.asarray(ys)) / 10.0
-        return np.stack([col.reshape(x.shape), row.reshape(x.shape)])
-
-    out = []
-    for g in grids:
-        side = -(-g.size // 6) * 6
-        m = 2 if g.epsg == home.epsg else -(-side // _NODE_SPACING) + 1
-        t = np.linspace(0.0, side, m)
-        nodes = project(g, *np.meshgrid(t, t))
-        if m > 2:  # the interpolation holds between the nodes: check it where it is worst
-            mid = (t[:-1] + t[1:]) / 2
-            exact = project(g, *np.meshgrid(mid, mid))
-            interp = TileView.from_nodes(g.size, nodes).locate(*np.meshgrid(mid, mid))
-            err = float(np.hypot(*(exact - np.stack(interp))).max())
-            assert err < _NODE_TOLERANCE, f"tile {g.mgrs}: lattice interpolation off by {err} px"
-        out.append((g, nodes))
-    return out
-
-
-def _landscape(grids: list[_Grid]) -> tuple[Affine, tuple[int, int], list[TileView]]:
-    """The landscape's 10 m grid on the first tile's grid, covering every tile, and their views.
-
-    A tile in the first tile's zone is a crop of the landscape (a whole-pixel shift). A tile in
-    another zone is placed by the exact projection between the zones, on a lattice of nodes
-    (:meth:`TileView.from_nodes`): the map is not affine over a large tile (0.12 px off at 10 km,
-    7.7 px at 82 km, near the demo's zone boundary), so no affine map can stand for it.
-
-    Returns:
-        The landscape's transform and ``(height, width)``, and each tile's :class:`TileView`.
-    """
-    home = grids[0]
-    lattices = _views(grids)
-    cols = np.concatenate([nodes[0].ravel() for _, nodes in lattices])
-    rows = np.concatenate([nodes[1].ravel() for _, nodes in lattices])
-    c0, r0 = math.floor(cols.min()) - 1, math.floor(rows.min()) - 1
-    c1, r1 = math.ceil(cols.max()) + 1, math.ceil(rows.max()) + 1
-    transform = Affine(10.0, 0.0, home.x0 + 10.0 * c0, 0.0, -10.0, home.y0 - 10.0 * r0)
-
-    views = []
-    for g, nodes in lattices:
-        if g.epsg == home.epsg:  # the same pixel lattice: a whole-pixel shift
-            shift = ((g.x0 - transform.c) / 10.0, (transform.f - g.y0) / 10.0)
-            views.append(TileView(g.size, Affine.translation(*(float(round(v)) for v in shift))))
-        else:  # nodes on the landscape's pixel grid
-            views.append(TileView.from_nodes(g.size, nodes - np.array([c0, r0])[:, None, None]))
-    return transform, (r1 - r0, c1 - c0), views
-
-
 # ---------------------------------------------------------------------------------------------- COG
 
 
-def _write_cog(path: Path, data: np.ndarray, grid: _Grid, resolution: int, resampling: str) -> None:
+def _write_cog(
+    path: Path, data: np.ndarray, grid: TileGrid, resolution: int, resampling: str
+) -> None:
     """Write one band as a deflate-compressed Cloud-Optimised GeoTIFF with overviews, nodata 0."""
     h, w = data.shape
     side = max(h, w)
@@ -300,7 +147,7 @@ def _eo_band(key: str) -> EOBand:
     )
 
 
-def _footprint(grid: _Grid, pixels: tuple[tuple[float, float], ...]) -> dict[str, Any]:
+def _footprint(grid: TileGrid, pixels: tuple[tuple[float, float], ...]) -> dict[str, Any]:
     ring = grid.lonlat(list(reversed(pixels)))  # pixel rows grow southwards: reverse for CCW
     return {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
 
@@ -310,7 +157,7 @@ def _bbox(geometry: dict[str, Any]) -> list[float]:
     return [min(lons), min(lats), max(lons), max(lats)]
 
 
-def _add_proj(obj: pystac.Item | pystac.Asset, grid: _Grid, resolution: int) -> None:
+def _add_proj(obj: pystac.Item | pystac.Asset, grid: TileGrid, resolution: int) -> None:
     proj = ProjectionExtension.ext(obj)
     if isinstance(obj, pystac.Item):
         proj.epsg = grid.epsg
@@ -328,7 +175,7 @@ def _overpass(day: dt.date, lon: float) -> dt.datetime:
 
 
 def _s2_item(
-    item_dir: Path, *, scene: DemoScene, grid: _Grid, when: dt.datetime, partial: bool
+    item_dir: Path, *, scene: DemoScene, grid: TileGrid, when: dt.datetime, partial: bool
 ) -> pystac.Item:
     """Write a tile's scene of ``when`` as COGs into ``item_dir`` and describe it."""
     baseline = processing_baseline(when.date())
@@ -441,7 +288,7 @@ def _landcover_classes() -> list[Classification]:
     ]
 
 
-def _landcover_item(item_dir: Path, *, landcover: np.ndarray, grid: _Grid) -> pystac.Item:
+def _landcover_item(item_dir: Path, *, landcover: np.ndarray, grid: TileGrid) -> pystac.Item:
     s = float(grid.size)
     geometry = _footprint(grid, ((0.0, 0.0), (s, 0.0), (s, s), (0.0, s)))
     item = pystac.Item(
@@ -602,8 +449,8 @@ def run(cfg: GeoGFMConfig, *, out: Path) -> dict[str, Any]:
     """
     c = cfg.demo_catalog
     out = Path(out)
-    grids = _grids(lon=c.lon, lat=c.lat, size=c.size)
-    transform, shape, views = _landscape(grids)
+    grids = demo_tiles(lon=c.lon, lat=c.lat, size=c.size)
+    transform, shape, views = landscape_views(grids)
     days = [dt.date.fromisoformat(d) for d in sorted(c.dates)]
     log.info(
         "demo catalog: tiles %s (%d x %d px at 10 m), %d dates, seed %d",

@@ -318,9 +318,9 @@ def test_overlapping_tiles_show_the_same_ground(all_items):
 
 
 def test_default_area_straddles_the_zone_boundary():
-    from geogfm.stages.demo_catalog import _grids
+    from geogfm.data.demo_tiles import demo_tiles
 
-    home, other = _grids(lon=12.04, lat=46.0, size=512)  # the default
+    home, other = demo_tiles(lon=12.04, lat=46.0, size=512)  # the default
     assert (home.epsg, other.epsg) == (32633, 32632)
     (w,), _ = warp_transform(other.crs, "EPSG:4326", [other.x0], [other.y0 - 2560])
     (e,), _ = warp_transform(home.crs, "EPSG:4326", [home.x0 + 5120], [home.y0 - 2560])

@@ -19,8 +19,9 @@ from rasterio.warp import reproject
 from rasterio.warp import transform as warp_transform
 
 from geogfm.core.config import config_from_dict
-from geogfm.data.demo_landscape import TileView
-from geogfm.stages.demo_catalog import _grids, _landscape, run
+from geogfm.data.demo_tiles import demo_tiles, landscape_views
+from geogfm.data.demo_view import TileView
+from geogfm.stages.demo_catalog import run
 
 
 def _exact(grid, transform, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -32,8 +33,8 @@ def _exact(grid, transform, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, n
 
 @pytest.mark.parametrize("size", [768, 1024, 2000, 8192])
 def test_the_other_zones_tile_follows_the_exact_projection(size):
-    grids = _grids(lon=12.04, lat=46.0, size=size)
-    transform, (h, w), views = _landscape(grids)
+    grids = demo_tiles(lon=12.04, lat=46.0, size=size)
+    transform, (h, w), views = landscape_views(grids)
     assert [g.epsg for g in grids] == [32633, 32632]
     home, other = views
     assert home.crop is not None and other.crop is None
