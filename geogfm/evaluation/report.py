@@ -35,6 +35,11 @@ def _band_intervals(p: np.ndarray, clusters: np.ndarray, boot: dict) -> list[tup
     return rows
 
 
+def _paired(what: str, d: dict, key: str) -> str:
+    # a paired difference for a title: "what, paired: +0.012 [-0.010, +0.035]"
+    return f"{what}, paired: {d[key]:+.3f} [{d[key + '_low']:+.3f}, {d[key + '_high']:+.3f}]"
+
+
 def _embedding_coords(
     x: np.ndarray, seed: int, pick: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -107,12 +112,14 @@ def evaluation_figures(
         ]
         for enc, label in encoders.items()
     }
+    d = metrics["pretrained_minus_random_init"]
     figs["probe_scores.png"] = plot_metric_bars(
         [t for _, _, t in probes],
         series,
         ylabel="score (accuracy, mAP or mIoU; 0-1)",
         title=f"Frozen embeddings of held-out blocks: pretrained vs random init "
-        f"({level} cluster-bootstrap intervals)",
+        f"({level} cluster-bootstrap intervals)\n"
+        + _paired("linear probe, pretrained - random init", d["linear_probe"], "accuracy"),
         reference=("majority-class accuracy", metrics["majority_class"]["accuracy"]),
     )
     present = [k for k in range(len(names)) if (y == k).any()]
@@ -179,6 +186,8 @@ def evaluation_figures(
         psnr_series,
         ylabel="PSNR on removed valid pixels (dB)",
         title=f"Reconstruction of held-out patches: MAE vs predictors without a model "
-        f"({level} cluster-bootstrap intervals)",
+        f"({level} cluster-bootstrap intervals)\n"
+        + _paired("MAE - patch mean", metrics["reconstruction"]["mae_minus_patch_mean"], "psnr")
+        + " dB",
     )
     return figs

@@ -48,6 +48,7 @@ __all__ = [
     "SpatialLayout",
     "classification_suite",
     "majority_baseline",
+    "paired_difference",
     "reconstruction_suite",
     "segmentation_suite",
     "with_interval",
@@ -85,6 +86,29 @@ def with_interval(
     """``{name: statistic(all), name_low: ..., name_high: ...}`` with a cluster bootstrap."""
     lo, hi = bootstrap_ci(statistic, n, clusters=clusters, n_boot=n_boot, level=level, seed=seed)
     return {name: float(statistic(np.arange(n))), f"{name}_low": lo, f"{name}_high": hi}
+
+
+def paired_difference(
+    a: np.ndarray,
+    b: np.ndarray,
+    clusters: np.ndarray,
+    *,
+    name: str,
+    n_boot: int,
+    level: float,
+    seed: int,
+) -> dict[str, float]:
+    """Mean of ``a - b`` (NaN left out) with a cluster-bootstrap interval: a paired comparison.
+
+    ``a`` and ``b`` are two predictors' scores of the same samples (per-sample correctness, or
+    per-image PSNR). Each bootstrap replicate draws the same clusters for both, so the interval is
+    that of the difference itself: narrower than the two marginal intervals suggest whenever
+    the predictors are right and wrong on the same samples, and it excludes 0 exactly when
+    one beats the other at ``level``.
+    """
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    stat = (lambda i: np.nanmean(d[i])) if np.isnan(d).any() else (lambda i: d[i].mean())
+    return with_interval(name, stat, len(d), clusters, n_boot=n_boot, level=level, seed=seed)
 
 
 def _accuracy_block(
@@ -289,8 +313,10 @@ def reconstruction_suite(
 
     Returns:
         ``(metrics, arrays, removed)``: metrics per predictor (``psnr``, ``psnr_low``, ...,
-        ``psnr_<band>``, ``ssim...``) plus ``mask_ratio`` and ``n_images``; per predictor its
-        reflectance reconstruction (N*T, C, H, W) and per-image PSNR (N*T, C); the removed mask.
+        ``psnr_<band>``, ``ssim...``), the paired ``mae_minus_patch_mean`` (``psnr``, ``ssim``
+        and their intervals: per image, MAE minus patch mean), ``mask_ratio`` and ``n_images``;
+        per predictor its reflectance reconstruction (N*T, C, H, W) and per-image PSNR (N*T, C);
+        the removed mask.
     """
     out = reconstruct(model, images, valid, seed=seed, batch_size=batch_size)
     removed = out["removed"]
@@ -304,7 +330,7 @@ def reconstruction_suite(
     vis = valid.flatten(0, -3).numpy()
     T = truth.shape[0] // len(images)
     cl = np.repeat(clusters, T)
-    report, arrays = {}, {}
+    report, arrays, per = {}, {}, {}
     for name, pred in preds.items():
         r = (pred * std + mean).flatten(0, -4).numpy()  # reflectance
         pasted = np.where(where[:, None], r, truth)
@@ -317,10 +343,19 @@ def reconstruction_suite(
             entry.update(
                 with_interval(key, lambda i, a=per_image: np.nanmean(a[i]), len(v), cl, **boot)
             )
+            per[name, key] = per_image
             for c, band in enumerate(bands):
                 entry[f"{key}_{band}"] = float(np.nanmean(v[:, c]))
         report[name] = entry
         arrays[name] = (r, p)
+    # the MAE against the patch-mean predictor on the same images, paired
+    report["mae_minus_patch_mean"] = {
+        k: v
+        for key in ("psnr", "ssim")
+        for k, v in paired_difference(
+            per["mae", key], per["patch_mean", key], cl, name=key, **boot
+        ).items()
+    }
     report["mask_ratio"] = float(model.mask_ratio)
     report["n_images"] = int(truth.shape[0])
     return report, arrays, removed

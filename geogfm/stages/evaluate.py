@@ -36,9 +36,16 @@ Writes into ``out`` (default ``results/evaluate/``):
          "knn5", "knn20": {same keys},
          "retrieval": {"map", "map_low", "map_high", "recall@1", "recall@5", "recall@10"},
          "segmentation": {"pixel_accuracy", ..._low/_high, "miou", "miou_low", "miou_high"}},
+     "pretrained_minus_random_init": {"linear_probe": {"accuracy", "_low", "_high"}},
      "reconstruction": {"mask_ratio", "n_images",
          "mae" | "patch_mean" | "token_mean": {"psnr", "psnr_low", "psnr_high", "ssim",
-             "ssim_low", "ssim_high", "psnr_<band>": ..., "ssim_<band>": ...}}}
+             "ssim_low", "ssim_high", "psnr_<band>": ..., "ssim_<band>": ...},
+         "mae_minus_patch_mean": {"psnr", "psnr_low", "psnr_high", "ssim", ...}}}
+
+The ``*_minus_*`` entries are paired: the mean over the same patches of the difference of the two
+scores, its interval from bootstrap replicates that draw the same clusters for both. One
+predictor beats the other at ``ci_level`` when that interval excludes 0, which the two marginal
+intervals, overlapping or not, do not tell.
 
 (PSNR in dB with each band's training min..max as its range; SSIM 7x7, mean over windows wholly
 on valid pixels centred on removed ones.) ``report.json``: what the metrics were computed on
@@ -73,6 +80,7 @@ from geogfm.evaluation.suite import (
     SpatialLayout,
     classification_suite,
     majority_baseline,
+    paired_difference,
     reconstruction_suite,
     segmentation_suite,
 )
@@ -373,6 +381,19 @@ def run(
             {k: round(v["accuracy"], 3) for k, v in cls_m.items() if k.startswith("knn")},
             seg_m["miou"],
         )
+
+    # the two encoders' probes on the same patches, paired: per patch, right (1) or wrong (0)
+    right = {n: extras_by[n]["scores"].argmax(1) == y[labelled] for n in encoders}
+    paired = paired_difference(
+        right["pretrained"], right["random_init"], lab_layout.clusters, name="accuracy", **boot
+    )
+    metrics["pretrained_minus_random_init"] = {"linear_probe": paired}
+    log.info(
+        "pretrained - random-init linear probe, paired: %+.3f [%+.3f, %+.3f]",
+        paired["accuracy"],
+        paired["accuracy_low"],
+        paired["accuracy_high"],
+    )
 
     recon, arrays, removed = reconstruction_suite(
         model,

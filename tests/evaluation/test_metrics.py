@@ -152,3 +152,25 @@ def test_bootstrap_interval_covers_the_mean_and_clusters_resample_together():
     # treating the copies as independent would claim a far narrower interval
     naive = bootstrap_ci(lambda i: copies[i].mean(), 400, n_boot=500, seed=1)
     assert naive[1] - naive[0] < 0.5 * (hi - lo)
+
+
+def test_a_paired_difference_is_significant_where_the_marginal_intervals_overlap():
+    from geogfm.evaluation.suite import paired_difference, with_interval
+
+    rng = np.random.default_rng(0)
+    n, clusters = 600, np.repeat(np.arange(60), 10)  # 60 clusters of 10 samples
+    hard = np.repeat(rng.random(60) < 0.2, 10)  # whole neighbourhoods both get wrong
+    b = ~hard & (rng.random(n) < 0.95)
+    a = b | (~hard & (rng.random(n) < 0.5))  # right wherever b is, and on half of b's misses
+    boot = {"n_boot": 1000, "level": 0.95, "seed": 3}
+    ia = with_interval("acc", lambda i: a[i].mean(), n, clusters, **boot)
+    ib = with_interval("acc", lambda i: b[i].mean(), n, clusters, **boot)
+    assert ia["acc_low"] < ib["acc_high"]  # the marginal intervals overlap
+    d = paired_difference(a, b, clusters, name="acc", **boot)
+    assert d["acc"] == pytest.approx(a.mean() - b.mean())
+    assert 0 < d["acc_low"] <= d["acc"] <= d["acc_high"]  # yet a beats b, paired
+    # NaN (a sample neither predictor could score) is left out of the mean
+    x, y = np.arange(20.0), np.ones(20)
+    x[3] = y[7] = np.nan
+    expected = np.delete(np.arange(20.0) - 1, [3, 7]).mean()
+    assert paired_difference(x, y, np.arange(20), name="d", **boot)["d"] == pytest.approx(expected)

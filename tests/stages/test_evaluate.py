@@ -66,6 +66,16 @@ def test_evaluate_writes_metrics_with_intervals_for_both_encoders_and_baselines(
         assert rec[name]["psnr_low"] <= rec[name]["psnr"] <= rec[name]["psnr_high"]
         assert -1.0 <= rec[name]["ssim"] <= 1.0
         assert "psnr_red" in rec[name]
+    # paired comparisons: the mean of the per-patch differences, with its own interval
+    diff = m["pretrained_minus_random_init"]["linear_probe"]
+    assert diff["accuracy"] == pytest.approx(
+        m["pretrained"]["linear_probe"]["accuracy"] - m["random_init"]["linear_probe"]["accuracy"]
+    )
+    assert diff["accuracy_low"] <= diff["accuracy"] <= diff["accuracy_high"]
+    gain = rec["mae_minus_patch_mean"]
+    assert gain["psnr"] == pytest.approx(rec["mae"]["psnr"] - rec["patch_mean"]["psnr"])
+    assert gain["psnr_low"] <= gain["psnr"] <= gain["psnr_high"]
+    assert gain["ssim_low"] <= gain["ssim"] <= gain["ssim_high"]
     assert summary["pretrained_linear_probe"] == pytest.approx(
         m["pretrained"]["linear_probe"]["accuracy"], abs=1e-4
     )
