@@ -108,7 +108,6 @@ class SourceCache:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._epsg: dict[str, int | None] = {}  # ds.crs.to_epsg() costs 30 us a call
-        self._bounds: dict[tuple[str, str], tuple[float, float, float, float]] = {}
         self._grids: dict[str, SourceGrid] = {}
         self._blocks: dict[tuple[str, int], tuple[int, int]] = {}  # so window() need not open
         self._nodata: dict[tuple[str, int], float | None] = {}
@@ -179,14 +178,6 @@ class SourceCache:
         if (href, bidx) not in self._nodata:
             raise IndexError(f"{href} has no band {bidx}")
         return self._nodata[href, bidx]
-
-    def bounds(self, href: str, crs: str) -> tuple[float, float, float, float]:
-        """A dataset's bounds in ``crs`` (edges densified), computed once."""
-        key = (href, crs)
-        if key not in self._bounds:
-            with self.lend(href) as ds:
-                self._bounds[key] = transform_bounds(ds.crs, crs, *ds.bounds, densify_pts=21)
-        return self._bounds[key]
 
     def window(self, href: str, bidx: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Pixels ``[r0:r1, c0:c1]`` of band ``bidx`` (inside the file), decoded once.
@@ -339,7 +330,8 @@ def _read_band(
         k, row, col = block
         if _read_blocks(ds, src.bidx, out, k, row, col, kernel, nodata):
             return out, (fill if nodata is None else nodata)
-    left, bottom, right, top = sources.bounds(src.href, str(geobox.crs))
+    # the source's bounds in the cell's CRS (edges densified), from the handle lent for the read
+    left, bottom, right, top = transform_bounds(ds.crs, str(geobox.crs), *ds.bounds, densify_pts=21)
     b = geobox.boundingbox
     if not (left < b.right and right > b.left and bottom < b.top and top > b.bottom):
         return out, (fill if nodata is None else nodata)  # the source does not reach the cell
