@@ -18,9 +18,12 @@ geogfm's throughput over the baseline's, from the medians of ``--repeats`` inter
 spread, min..max, is printed too). ``--native`` keeps
 only the items on the grid's own UTM zone (no reprojection: the aligned fast paths).
 ``--codecs`` compares Zarr codecs on a cell of the cache instead (the table in
-``geogfm/data/tile_cache.py``).
+``geogfm/data/tile_cache.py``). ``--breakdown`` runs the stage with one worker instead and says
+where its time goes: planning, opening files, decoding, resampling plans, resampling, conversion
+to cache DN, writing, and the rest (each part's own time, without the parts it calls).
 
     python benchmarks/tile_cache_throughput.py [--repeats 3] [--native] [--odc] [--codecs]
+    python benchmarks/tile_cache_throughput.py --breakdown [--repeats 3]
 """
 
 from __future__ import annotations
@@ -102,6 +105,59 @@ def _geogfm(cfg, items_json: Path, out: Path) -> float:
     t = time.perf_counter()
     tile_cache.run(cfg, items=items_json, out=out)
     return time.perf_counter() - t
+
+
+class _Timers:
+    """Own time of wrapped functions (a caller's excludes its wrapped callees'), one thread."""
+
+    def __init__(self) -> None:
+        self.own: dict[str, float] = {}
+        self._stack: list[list[float]] = []  # per open call: [start, time of wrapped callees]
+
+    def wrap(self, owner, attr: str, part: str) -> None:
+        fn = getattr(owner, attr)
+
+        def timed(*args, **kwargs):
+            self._stack.append([time.perf_counter(), 0.0])
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                start, inner = self._stack.pop()
+                spent = time.perf_counter() - start
+                self.own[part] = self.own.get(part, 0.0) + spent - inner
+                if self._stack:
+                    self._stack[-1][1] += spent
+
+        setattr(owner, attr, timed)
+
+
+def _breakdown(cfg, items_json: Path, out: Path, repeats: int) -> None:
+    from geogfm.data import tile_load, tile_reader, tile_resample
+    from geogfm.stages import tile_cache as stage
+
+    cfg.tile_cache.workers = 1  # one thread: the parts add up to the wall time
+    timers = _Timers()
+    for owner, attr, part in (
+        (stage, "plan_cache", "planning the cache (items, footprints, cells)"),
+        (tile_reader.rasterio, "open", "opening files"),
+        (tile_reader.SourceCache, "_unit", "decoding"),
+        (tile_load, "plan", "resampling plans"),
+        (tile_resample.Plan, "resample", "resampling"),
+        (tile_load, "to_cache_band", "conversion to cache DN"),
+        (stage, "write_cell", "writing the Zarr stores"),
+    ):
+        timers.wrap(owner, attr, part)
+    _geogfm(cfg, items_json, out)  # warm
+    walls = []
+    timers.own.clear()
+    for _ in range(repeats):
+        walls.append(_geogfm(cfg, items_json, out))
+    wall = sum(walls) / repeats
+    print(f"tile_cache with 1 worker: {wall:.3f} s a run (mean of {repeats}); own time a run:")
+    for part, t in timers.own.items():
+        print(f"  {part:48s} {t / repeats:6.3f} s  {100 * t / repeats / wall:5.1f} %")
+    rest = wall - sum(timers.own.values()) / repeats
+    print(f"  {'the rest (merging, masks, Python)':48s} {rest:6.3f} s  {100 * rest / wall:5.1f} %")
 
 
 def _odc(cfg, items: list[pystac.Item]) -> float:
@@ -189,6 +245,7 @@ def main() -> None:
     parser.add_argument("--native", action="store_true", help="only items on the grid's zone")
     parser.add_argument("--odc", action="store_true", help="also time odc.stac.load")
     parser.add_argument("--codecs", action="store_true", help="compare Zarr codecs instead")
+    parser.add_argument("--breakdown", action="store_true", help="where the stage's time goes")
     args = parser.parse_args()
     cfg = load_params(args.params)
     cfg.stac_query.catalog = "demo"
@@ -207,6 +264,9 @@ def main() -> None:
         if args.codecs:
             tile_cache.run(cfg, items=items_json, out=root / "cache")
             _codecs(root / "cache")
+            return
+        if args.breakdown:
+            _breakdown(cfg, items_json, root / "cache", args.repeats)
             return
 
         jobs = _needed(cfg, items)
