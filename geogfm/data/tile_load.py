@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pystac
-import xarray as xr
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 from rasterio.features import geometry_mask
@@ -75,11 +74,6 @@ class CellResult:
     failed: tuple[FailedRead, ...] = ()  #: items skipped as unreadable (``fail_on_error=False``)
     pixels_with_data: int = 0  #: (time, y, x) pixels with data, valid or masked
     stats: dict[str, int] = field(default_factory=dict)  #: items read and skipped, for the log
-
-    @property
-    def dataset(self) -> xr.Dataset | None:
-        """The cell's dataset (built on each access), or ``None``: no valid pixel."""
-        return None if self.arrays is None else self.arrays.dataset()
 
 
 class UnreadableAsset(DataError):
