@@ -107,8 +107,9 @@ def paired_difference(
     one beats the other at ``level``.
     """
     d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    stat = (lambda i: np.nanmean(d[i])) if np.isnan(d).any() else (lambda i: d[i].mean())
-    return with_interval(name, stat, len(d), clusters, n_boot=n_boot, level=level, seed=seed)
+    return with_interval(
+        name, lambda i: np.nanmean(d[i]), len(d), clusters, n_boot=n_boot, level=level, seed=seed
+    )
 
 
 def _accuracy_block(
