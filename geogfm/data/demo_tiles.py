@@ -1,10 +1,10 @@
-"""Where the demo catalog's tiles lie: their UTM grids and MGRS names, and their views on the
-landscape (:mod:`geogfm.stages.demo_catalog`).
+"""Where the demo catalog's tiles lie: their UTM grids, MGRS names and views on the landscape.
 
-The first tile is centred on the configured point in its own UTM zone; the second lies in the
-neighbouring zone and overlaps it by half, as Sentinel-2 tiles overlap across a zone boundary.
-The landscape is drawn on the first tile's 10 m grid; a tile in the other zone is placed on it by
-the exact projection between the zones at the nodes of a lattice.
+Used by :mod:`geogfm.stages.demo_catalog`. The first tile is centred on the configured point in
+its own UTM zone; the second lies in the neighbouring zone and overlaps it by half, as Sentinel-2
+tiles overlap across a zone boundary. The landscape is drawn on the first tile's 10 m grid; a tile
+in the other zone is placed on it by the exact projection between the zones at the nodes of a
+lattice.
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ def _utm_epsg(lon: float, lat: float) -> int:
     return (32600 if lat >= 0 else 32700) + zone
 
 
-def place_tile(*, lon: float, lat: float, size: int, epsg: int | None = None, snap: float = 0) -> TileGrid:
+def place_tile(
+    *, lon: float, lat: float, size: int, epsg: int | None = None, snap: float = 0
+) -> TileGrid:
     """Place a ``size``-pixel tile centred near ``(lon, lat)`` in a UTM zone (default: its own).
 
     The corners snap to multiples of ``snap`` metres; by default the largest ``2**k * 10`` m (at

@@ -98,8 +98,7 @@ def audit_manifest(rows: pd.DataFrame, index: CacheIndex, *, buffer: int) -> dic
     # distances between the (unique) footprints of each pair of splits, from the written rows
     fp = rows.assign(**dict(zip(_BOUNDS, expected.T, strict=True)))
     locs = {
-        s: fp.loc[fp["split"] == s, ["patch_id", *_BOUNDS]].drop_duplicates(_BOUNDS)
-        for s in SPLITS
+        s: fp.loc[fp["split"] == s, ["patch_id", *_BOUNDS]].drop_duplicates(_BOUNDS) for s in SPLITS
     }
     buffer_m = buffer * (res[0] if res else 1.0)
     within, sharing, min_dist = {}, {}, {}

@@ -68,8 +68,11 @@ def _centres(grid: SourceGrid, geobox: GeoBox, cache: dict | None) -> tuple[np.n
 
 
 def _affine(a: float, b: float, c: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``a * x + b * y + c`` (broadcast), without the term of a zero coefficient: a north-up
-    grid's rows do not depend on x nor its columns on y (adding ``0 * y`` changes no value)."""
+    """``a * x + b * y + c`` (broadcast), without the term of a zero coefficient.
+
+    A north-up grid's rows do not depend on x nor its columns on y (adding ``0 * y`` changes no
+    value).
+    """
     if b == 0:
         return np.broadcast_to(a * x + c, np.broadcast_shapes(x.shape, y.shape))
     if a == 0:

@@ -16,7 +16,7 @@ X0, Y0 = 500_000.0, 5_100_000.0  # upper-left corner of the label raster, EPSG:3
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory):
-    """A static catalog with one 10 m land-cover COG: class = 10 * (1 + (col // 8 + row // 8) % 4)."""
+    # a static catalog with one 10 m land-cover COG: class = 10 * (1 + (col // 8 + row // 8) % 4)
     root = tmp_path_factory.mktemp("labels")
     r, c = np.mgrid[0:64, 0:64]
     codes = (10 * (1 + (c // 8 + r // 8) % 4)).astype(np.uint8)
