@@ -24,6 +24,7 @@ to cache DN, writing, and the rest (each part's own time, without the parts it c
 
     python benchmarks/tile_cache_throughput.py [--repeats 3] [--native] [--odc] [--codecs]
     python benchmarks/tile_cache_throughput.py --breakdown [--repeats 3]
+    python benchmarks/tile_cache_throughput.py --floor [--repeats 3]
 """
 
 from __future__ import annotations
@@ -160,6 +161,91 @@ def _breakdown(cfg, items_json: Path, out: Path, repeats: int) -> None:
     print(f"  {'the rest (merging, masks, Python)':48s} {rest:6.3f} s  {100 * rest / wall:5.1f} %")
 
 
+def _cell_arrays(cfg, items_json: Path) -> list:
+    """Every cell's arrays as the stage builds them (``CellArrays``)."""
+    from geogfm.data.tile_load import load_cell
+    from geogfm.data.tile_reader import SourceCache
+
+    tc = cfg.tile_cache
+    p = tile_cache.plan_cache(cfg, items_json)
+    sources = SourceCache()
+    try:
+        results = [
+            load_cell(
+                cell,
+                p.items,
+                sources=sources,
+                band_srcs=p.sources,
+                bands=tc.bands,
+                resampling=tc.resampling,
+                mask_scl_classes=tc.mask_scl_classes,
+                fail_on_error=tc.fail_on_error,
+                footprints=p.footprints,
+            )  # fmt: skip
+            for cell in p.cells
+        ]
+    finally:
+        sources.close()
+    return [r.arrays for r in results if r.arrays is not None]
+
+
+def _write_raw(a, folder: Path) -> None:
+    folder.mkdir()
+    for t in range(a.refl.shape[0]):
+        for name, arr in (("reflectance", a.refl), ("valid", a.valid), ("scl", a.scl)):
+            (folder / f"{name}.{t}").write_bytes(np.ascontiguousarray(arr[t]).tobytes())
+
+
+def _write_only(arrays: list, out: Path, threads: int, raw: bool) -> float:
+    from geogfm.data.tile_store import write_cell
+
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+
+    def one(a) -> None:
+        if raw:
+            _write_raw(a, out / a.cell.id)
+        else:
+            write_cell(a, str(out / f"{a.cell.id}.zarr"))
+
+    t = time.perf_counter()
+    with cf.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, arrays))
+    return time.perf_counter() - t
+
+
+def _floor(cfg, items: list[pystac.Item], items_json: Path, root: Path, repeats: int) -> None:
+    workers = cfg.tile_cache.workers
+    jobs = _needed(cfg, items)
+    arrays = _cell_arrays(cfg, items_json)
+    values = sum(a.refl.size for a in arrays)
+    times: dict[str, list[float]] = {"decode": [], "zarr": [], "raw": []}
+    _baseline(jobs, workers)  # warm
+    _write_only(arrays, root / "floor", workers, raw=False)
+    for _ in range(repeats):
+        times["decode"].append(_baseline(jobs, workers))
+        times["zarr"].append(_write_only(arrays, root / "floor", workers, raw=False))
+        times["raw"].append(_write_only(arrays, root / "floor", workers, raw=True))
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    print(
+        f"{len(arrays)} cells, {values / 1e6:.1f} M reflectance values and their masks;"
+        f" median of {repeats} interleaved runs, {workers} threads each"
+    )
+    for name, label in (
+        ("decode", "bare rasterio decode (the baseline)"),
+        ("zarr", "writing the stage's Zarr stores"),
+        ("raw", "writing the same arrays uncompressed"),
+    ):
+        spread = f"{min(times[name]):.3f}..{max(times[name]):.3f}"
+        print(f"{label:38s} {med[name]:7.3f} s ({spread})")
+    d = med["decode"]
+    print(
+        f"best ratio of a cache that decodes and writes these cells (all else free):"
+        f" {d / (d + med['zarr']):.2f}x with the stage's stores,"
+        f" {d / (d + med['raw']):.2f}x uncompressed (goal >= 0.7x)"
+    )
+
+
 def _odc(cfg, items: list[pystac.Item]) -> float:
     import warnings
 
@@ -246,6 +332,7 @@ def main() -> None:
     parser.add_argument("--odc", action="store_true", help="also time odc.stac.load")
     parser.add_argument("--codecs", action="store_true", help="compare Zarr codecs instead")
     parser.add_argument("--breakdown", action="store_true", help="where the stage's time goes")
+    parser.add_argument("--floor", action="store_true", help="the best ratio of any such cache")
     args = parser.parse_args()
     cfg = load_params(args.params)
     cfg.stac_query.catalog = "demo"
@@ -267,6 +354,9 @@ def main() -> None:
             return
         if args.breakdown:
             _breakdown(cfg, items_json, root / "cache", args.repeats)
+            return
+        if args.floor:
+            _floor(cfg, items, items_json, root, args.repeats)
             return
 
         jobs = _needed(cfg, items)
