@@ -215,34 +215,49 @@ def _write_only(arrays: list, out: Path, threads: int, raw: bool) -> float:
 
 
 def _floor(cfg, items: list[pystac.Item], items_json: Path, root: Path, repeats: int) -> None:
-    workers = cfg.tile_cache.workers
+    n = cfg.tile_cache.workers
     jobs = _needed(cfg, items)
     arrays = _cell_arrays(cfg, items_json)
     values = sum(a.refl.size for a in arrays)
-    times: dict[str, list[float]] = {"decode": [], "zarr": [], "raw": []}
-    _baseline(jobs, workers)  # warm
-    _write_only(arrays, root / "floor", workers, raw=False)
+    runs = {
+        "decode": lambda k: _baseline(jobs, k),
+        "zarr": lambda k: _write_only(arrays, root / "floor", k, raw=False),
+        "raw": lambda k: _write_only(arrays, root / "floor", k, raw=True),
+    }
+    times: dict[tuple[str, int], list[float]] = {(w, k): [] for w in runs for k in (1, n)}
+    for what, k in times:  # warm
+        runs[what](k)
     for _ in range(repeats):
-        times["decode"].append(_baseline(jobs, workers))
-        times["zarr"].append(_write_only(arrays, root / "floor", workers, raw=False))
-        times["raw"].append(_write_only(arrays, root / "floor", workers, raw=True))
-    med = {k: float(np.median(v)) for k, v in times.items()}
+        for (what, k), ts in times.items():
+            ts.append(runs[what](k))
+    med = {key: float(np.median(ts)) for key, ts in times.items()}
     print(
         f"{len(arrays)} cells, {values / 1e6:.1f} M reflectance values and their masks;"
-        f" median of {repeats} interleaved runs, {workers} threads each"
+        f" median (min..max) of {repeats} interleaved runs, s"
     )
-    for name, label in (
+    print(f"{'':40s} {'1 thread':>20s} {f'{n} threads':>20s}")
+    for what, label in (
         ("decode", "bare rasterio decode (the baseline)"),
         ("zarr", "writing the stage's Zarr stores"),
         ("raw", "writing the same arrays uncompressed"),
     ):
-        spread = f"{min(times[name]):.3f}..{max(times[name]):.3f}"
-        print(f"{label:38s} {med[name]:7.3f} s ({spread})")
-    d = med["decode"]
+        cols = [
+            f"{med[what, k]:.3f} ({min(times[what, k]):.3f}..{max(times[what, k]):.3f})"
+            for k in (1, n)
+        ]
+        print(f"{label:40s} {cols[0]:>20s} {cols[1]:>20s}")
+    d, w = med["decode", n], med["zarr", n]
+    budget = n * d / 0.7
+    used = med["decode", 1] + med["zarr", 1]
     print(
-        f"best ratio of a cache that decodes and writes these cells (all else free):"
-        f" {d / (d + med['zarr']):.2f}x with the stage's stores,"
-        f" {d / (d + med['raw']):.2f}x uncompressed (goal >= 0.7x)"
+        f"goal 0.7x: the stage within {d / 0.7:.3f} s, {budget:.3f} CPU-s on {n} cores fully used;"
+        f" decoding and writing (1-thread times) use {used:.3f} of them, leaving"
+        f" {budget - used:.3f} for opening, reprojecting, resampling, converting, masking,"
+        f" merging and planning"
+    )
+    print(
+        f"decoding, then writing, {n} threads each: {d / (d + w):.2f}x with the stage's stores,"
+        f" {d / (d + med['raw', n]):.2f}x uncompressed"
     )
 
 
