@@ -1,18 +1,12 @@
 """The tile_cache stage on a tiny catalog with known reflectance, and on the demo catalog.
 
 Real-data checks (BigEarthNet, eo-learn, ukis-pysat, real STAC items) are in
-``test_tile_cache_realdata.py``; the reader's fast paths against GDAL's warper in
+``test_tile_cache_realdata.py``; atomic and resumed runs and bad input in
+``test_tile_cache_runs.py``; the reader's fast paths against GDAL's warper in
 ``tests/data/test_tile_reader.py``.
 """
 
 import datetime as dt
-import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,69 +20,35 @@ from rasterio.warp import reproject
 from scipy.ndimage import map_coordinates
 
 from geogfm.core.config import config_from_dict
-from geogfm.core.errors import ConfigError, DataError
+from geogfm.core.errors import DataError
 from geogfm.data.datasets.sentinel2 import band
 from geogfm.data.tile_cache import band_encoding, choose_epsg, item_epsg, to_cache_dn
 from geogfm.stages import demo_catalog, stac_query, tile_cache
 
 try:  # tests/ as a package or as rootdir-relative modules
     from . import _s2_fixture as fx
+    from . import _tiny_cache as tiny
 except ImportError:
     import _s2_fixture as fx
+    import _tiny_cache as tiny
 
 A, B, C = (s.id for s in fx.SCENES)  # 2021-08-14 (03.01, nodata strip), 2022-05-11 (04.00, cloud)
-BANDS = ["blue", "green", "red", "nir08"]
-CELL = 32  # pixels: 320 m cells, corners at multiples of 320 m
+BANDS, CELL = tiny.BANDS, tiny.CELL  # 32-pixel cells: 320 m, corners at multiples of 320 m
 # The two overlapping scenes span x 500000..500640, y 4999360..5000000: 3 x 2 cells from x=499840.
 MOSAIC_LEFT, MOSAIC_TOP, MOSAIC_H, MOSAIC_W = 499_840.0, 5_000_000.0, 64, 96
 SCENE_COLS = slice(16, 16 + fx.SIZE)  # the scenes' columns in the mosaic
 
-
-def _cfg(**tile_cache_kw):
-    return config_from_dict(
-        {
-            "stac_query": {"datetime": "2021/2022-06"},  # scenes A and B
-            "tile_cache": {"bands": BANDS, "cell_size": CELL, **tile_cache_kw},
-            "data": {"bands": BANDS},
-        }
-    )
-
-
-def _build(root: Path, catalog_dir: Path, *, bbox=None, **tile_cache_kw) -> Path:
-    cfg = _cfg(**tile_cache_kw)
-    if bbox is not None:
-        cfg.stac_query.bbox = bbox
-    stac_query.run(cfg, catalog_dir=catalog_dir, out=root / "stac")
-    tile_cache.run(cfg, items=root / "stac" / "items.json", out=root / "cache")
-    return root / "cache"
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-
-def _leftovers(parent: Path) -> list[str]:
-    """Temporary or staging folders of the stage left in ``parent``."""
-    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
-
-
-@pytest.fixture(scope="module")
-def catalog_dir(tmp_path_factory) -> Path:
-    return fx.make_catalog(tmp_path_factory.mktemp("catalog")).parent
+catalog_dir = pytest.fixture(scope="module")(tiny.make_catalog_dir)
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, catalog_dir) -> Path:
-    return _build(tmp_path_factory.mktemp("run"), catalog_dir)
-
-
-def _index(cache: Path) -> dict:
-    return json.loads((cache / "index.json").read_text())
+    return tiny.build(tmp_path_factory.mktemp("run"), catalog_dir)
 
 
 def _mosaic(cache: Path):
     """All cells pasted into one (T, C, 64, 96) reflectance, (T, 64, 96) valid and scl."""
-    index = _index(cache)
+    index = tiny.index(cache)
     refl = valid = scl = None
     for cell in index["cells"]:
         ds = xr.open_zarr(cache / f"{cell['id']}.zarr", consolidated=False)
@@ -115,7 +75,7 @@ def _truth(key: str) -> np.ndarray:
 
 
 def test_index_lists_aligned_cells(cache):
-    index = _index(cache)
+    index = tiny.index(cache)
     assert index["bands"] == BANDS
     assert (index["scale"], index["offset"], index["nodata"]) == (1e-4, 0.0, 0)
     ids = [c["id"] for c in index["cells"]]
@@ -240,9 +200,9 @@ def test_20m_band_is_resampled_bilinear_onto_the_10m_grid(cache):
 
 
 def test_output_is_deterministic_whatever_the_workers(tmp_path, catalog_dir, cache):
-    again = _build(tmp_path, catalog_dir, workers=4)  # the fixture used the default, 2
-    assert _files(again) == _files(cache)
-    assert _leftovers(tmp_path) == []  # no temporary or staging folder left behind
+    again = tiny.build(tmp_path, catalog_dir, workers=4)  # the fixture used the default, 2
+    assert tiny.files(again) == tiny.files(cache)
+    assert tiny.leftovers(tmp_path) == []  # no temporary or staging folder left behind
 
 
 # ------------------------------------------------------------------------------------- behaviours
@@ -250,8 +210,8 @@ def test_output_is_deterministic_whatever_the_workers(tmp_path, catalog_dir, cac
 
 def test_time_steps_and_cells_without_valid_pixels_are_dropped(tmp_path, catalog_dir):
     # vegetation masked: scene A has nothing valid, scene B only its (unmasked) cloud
-    cache = _build(tmp_path, catalog_dir, mask_scl_classes=[0, 4])
-    index = _index(cache)
+    cache = tiny.build(tmp_path, catalog_dir, mask_scl_classes=[0, 4])
+    index = tiny.index(cache)
     assert [c["id"] for c in index["cells"]] == ["32633_0500160_5000000", "32633_0500480_5000000"]
     for cell in index["cells"]:
         ds = xr.open_zarr(cache / f"{cell['id']}.zarr", consolidated=False)
@@ -261,15 +221,15 @@ def test_time_steps_and_cells_without_valid_pixels_are_dropped(tmp_path, catalog
 
 def test_nothing_valid_is_an_error(tmp_path, catalog_dir):
     with pytest.raises(DataError, match="none of the 6 cell"):
-        _build(tmp_path, catalog_dir, mask_scl_classes=[0, 4, 9])
+        tiny.build(tmp_path, catalog_dir, mask_scl_classes=[0, 4, 9])
     assert not (tmp_path / "cache").exists()
 
 
 def test_query_bbox_limits_the_cells(tmp_path, catalog_dir):
     to_lonlat = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
     (w, e), (s, n) = to_lonlat.transform([500_500, 500_600], [4_999_900, 4_999_950])
-    cache = _build(tmp_path, catalog_dir, bbox=[w, s, e, n])
-    assert [c["id"] for c in _index(cache)["cells"]] == ["32633_0500480_5000000"]
+    cache = tiny.build(tmp_path, catalog_dir, bbox=[w, s, e, n])
+    assert [c["id"] for c in tiny.index(cache)["cells"]] == ["32633_0500480_5000000"]
 
 
 def test_same_solar_day_items_are_mosaicked_after_conversion(tmp_path):
@@ -282,7 +242,7 @@ def test_same_solar_day_items_are_mosaicked_after_conversion(tmp_path):
         cloud=True,
     )
     catalog = fx.make_catalog(tmp_path / "catalog", scenes=(a, a2))
-    cache = _build(tmp_path, catalog.parent)
+    cache = tiny.build(tmp_path, catalog.parent)
     refl, valid, _ = _mosaic(cache)
     assert refl.shape[0] == 1
     ds = xr.open_zarr(cache / "32633_0499840_5000000.zarr", consolidated=False)
@@ -307,7 +267,7 @@ def test_missing_band_names_items_and_fix(tmp_path, catalog_dir):
 
 def test_missing_items_file_says_how_to_make_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `geogfm stac_query`"):
-        tile_cache.run(_cfg(), items=tmp_path / "items.json", out=tmp_path / "cache")
+        tile_cache.run(tiny.cfg(), items=tmp_path / "items.json", out=tmp_path / "cache")
 
 
 # ------------------------------------------------------------------------------------------- units
@@ -395,7 +355,7 @@ def _warp(href: str, cell: dict, kernel: Resampling) -> np.ndarray:
 def test_demo_same_day_tiles_of_two_zones_make_one_time_step(demo):
     items = pystac.ItemCollection.from_file(str(demo / "stac" / "items.json"))
     assert {item_epsg(i) for i in items} == {32632, 32633}
-    index = _index(demo / "cache")
+    index = tiny.index(demo / "cache")
     assert index["crs"] == "EPSG:32633"  # the dominant zone of the area
     merged, seen = 0, set()
     for cell in index["cells"]:
@@ -438,7 +398,7 @@ def test_demo_cache_is_the_native_tile_else_the_other_zone_resampled(demo):
     items = {i.id: i for i in pystac.ItemCollection.from_file(str(demo / "stac" / "items.json"))}
     counts = {"native": 0, "other": 0, "inner": 0}
     gdal_diff = []
-    for cell in _index(demo / "cache")["cells"]:
+    for cell in tiny.index(demo / "cache")["cells"]:
         ds = xr.open_zarr(demo / "cache" / f"{cell['id']}.zarr", consolidated=False)
         refl, valid = ds.reflectance.values.astype(int), ds.valid.values
         for t, ids in enumerate(str(i).split(",") for i in ds.item_id.values):
@@ -471,223 +431,6 @@ def test_demo_cache_is_the_native_tile_else_the_other_zone_resampled(demo):
     )  # fmt: skip
 
 
-# ---------------------------------------------------------------------------- atomic, resumable
-
-
-def _mtimes(store: Path) -> dict[str, int]:
-    return {
-        str(p.relative_to(store)): p.stat().st_mtime_ns for p in store.rglob("*") if p.is_file()
-    }
-
-
-def test_rerun_rebuilds_only_the_missing_cell(tmp_path, catalog_dir):
-    cache = _build(tmp_path, catalog_dir)
-    index = (cache / "index.json").read_text()
-    ids = [c["id"] for c in json.loads(index)["cells"]]
-    before = {i: _mtimes(cache / f"{i}.zarr") for i in ids}
-    gone = ids[2]
-    shutil.rmtree(cache / f"{gone}.zarr")
-    time.sleep(0.01)  # a rebuilt file gets a later mtime
-    cfg = _cfg()
-    summary = tile_cache.run(cfg, items=tmp_path / "stac" / "items.json", out=cache)
-    assert (summary["built"], summary["reused"]) == (1, len(ids) - 1)
-    after = {i: _mtimes(cache / f"{i}.zarr") for i in ids}
-    for i in ids:
-        if i == gone:
-            assert after[i].keys() == before[i].keys()
-            assert all(after[i][f] > before[i][f] for f in after[i])  # written again
-        else:
-            assert after[i] == before[i]  # the same files, untouched
-    assert (cache / "index.json").read_text() == index
-    fresh = _build(tmp_path / "fresh", catalog_dir)
-    assert _files(cache) == _files(fresh)
-    assert _leftovers(tmp_path) == []
-
-
-def test_other_settings_rebuild_every_cell(tmp_path, catalog_dir):
-    cache = _build(tmp_path, catalog_dir)
-    cfg = _cfg(resampling="nearest")
-    summary = tile_cache.run(cfg, items=tmp_path / "stac" / "items.json", out=cache)
-    assert (summary["built"], summary["reused"]) == (6, 0)
-    assert (
-        json.loads((cache / "index.json").read_text())["fingerprint"]
-        != json.loads((_build(tmp_path / "b", catalog_dir) / "index.json").read_text())[
-            "fingerprint"
-        ]
-    )
-
-
-def test_killed_run_resumes_with_the_missing_cells(tmp_path):
-    """A real SIGKILL mid-run: the output is untouched, and the next run builds only the rest."""
-    bands = ["blue", "green", "red"]
-    params = {
-        "demo_catalog": {"size": 64, "dates": ["2022-05-11", "2022-07-30"]},
-        "tile_cache": {"bands": bands, "cell_size": 16, "workers": 1},
-        "data": {"bands": bands},
-    }
-    cfg = config_from_dict(params)
-    demo_catalog.run(cfg, out=tmp_path / "demo")
-    stac_query.run(cfg, catalog_dir=tmp_path / "demo", out=tmp_path / "stac")
-    (tmp_path / "params.yaml").write_text(json.dumps(params))  # JSON is YAML
-    out, stage = tmp_path / "cache", tmp_path / ".cache.partial"
-    cmd = [sys.executable, "-m", "geogfm", "tile_cache", "--params", str(tmp_path / "params.yaml"),
-           "--items", str(tmp_path / "stac" / "items.json"), "--out", str(out)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while len(list(stage.glob("*_*_*.json"))) < 3 and proc.poll() is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not out.exists()  # nothing half-written where the output goes
-    finished = len(list(stage.glob("*_*_*.json")))
-    # what a kill at a worse moment leaves too: a store half-written, a store without its record
-    (stage / ".32633_0000000_0000000.zarr.tmp-1-1").mkdir()
-    done = next(stage.glob("*.zarr"))
-    unrecorded = [p for p in _index_ids(tmp_path, cfg) if not (stage / f"{p}.json").exists()][0]
-    shutil.copytree(done, stage / f"{unrecorded}.zarr")
-    summary = tile_cache.run(cfg, items=tmp_path / "stac" / "items.json", out=out)
-    planned = summary["cells"] + summary["skipped_cells"]
-    assert summary["reused"] == finished and summary["built"] == planned - finished
-    assert planned > finished + 5
-    assert not stage.exists()
-    fresh = tmp_path / "fresh"
-    tile_cache.run(cfg, items=tmp_path / "stac" / "items.json", out=fresh)
-    assert _files(out) == _files(fresh)
-
-
-# ----------------------------------------------------------------------------------- bad input
-
-
-def _index_ids(root: Path, cfg) -> list[str]:
-    """The ids of the cells tile_cache plans for the items under ``root / "stac"``."""
-    from geogfm.data.tile_cache import plan_cells
-
-    items = list(pystac.ItemCollection.from_file(str(root / "stac" / "items.json")))
-    epsg = choose_epsg(items)
-    tc = cfg.tile_cache
-    return [c.id for c in plan_cells(items, epsg=epsg, resolution=10.0, cell_size=tc.cell_size)]
-
-
-def _scene_files(catalog_dir: Path, scene_id: str) -> Path:
-    return catalog_dir / "sentinel-2-l2a" / scene_id
-
-
-def _catalog_copy(tmp_path: Path, catalog_dir: Path) -> Path:
-    shutil.copytree(catalog_dir, tmp_path / "catalog")
-    return tmp_path / "catalog"
-
-
-def test_truncated_cog_stops_the_stage_naming_it_and_the_knob(tmp_path, catalog_dir):
-    cat = _catalog_copy(tmp_path, catalog_dir)
-    red = _scene_files(cat, B) / "red.tif"
-    red.write_bytes(red.read_bytes()[: red.stat().st_size // 2])
-    with pytest.raises(DataError, match=rf"item '{B}' asset 'red' cannot be read .*red.tif.*"
-                       r"truncated or corrupt.*tile_cache.fail_on_error: false"):  # fmt: skip
-        _build(tmp_path, cat)
-    assert not (tmp_path / "cache").exists() and _leftovers(tmp_path) == []
-
-
-def test_corrupt_cog_is_skipped_and_counted_when_asked(tmp_path, catalog_dir):
-    cat = _catalog_copy(tmp_path, catalog_dir)
-    green = _scene_files(cat, A) / "green.tif"
-    data = bytearray(green.read_bytes())
-    data[len(data) // 2 :] = os.urandom(len(data) - len(data) // 2)  # garbage in the tiles
-    green.write_bytes(bytes(data))
-    cache = _build(tmp_path, cat, fail_on_error=False, max_failed_fraction=0.5)
-    index = _index(cache)
-    (failed,) = {f["item"] for f in index["failed_items"]} and index["failed_items"][:1]
-    assert (failed["item"], failed["asset"]) == (A, "green") and "green.tif" in failed["href"]
-    for cell in index["cells"]:  # A is left out; B alone makes each cell's one time step
-        ds = xr.open_zarr(cache / f"{cell['id']}.zarr", consolidated=False)
-        assert [str(i) for i in ds.item_id.values] == [B]
-    with pytest.raises(DataError, match=r"1 of 2 item\(s\) \(50.0 %\).*max_failed_fraction=0.4"):
-        _build(tmp_path / "strict", cat, fail_on_error=False, max_failed_fraction=0.4)
-    assert not (tmp_path / "strict" / "cache").exists()
-    assert _leftovers(tmp_path / "strict") == []
-
-
-def test_missing_asset_file_is_an_unreadable_asset(tmp_path, catalog_dir):
-    cat = _catalog_copy(tmp_path, catalog_dir)
-    cfg = _cfg()
-    stac_query.run(cfg, catalog_dir=cat, out=tmp_path / "stac")
-    (_scene_files(cat, A) / "scl.tif").unlink()  # gone after the query
-    with pytest.raises(DataError, match=rf"item '{A}' asset 'scl' cannot be read.*No such file"):
-        tile_cache.run(cfg, items=tmp_path / "stac" / "items.json", out=tmp_path / "cache")
-    assert not (tmp_path / "cache").exists()
-
-
-def test_unknown_scl_class_in_the_data_names_the_item_and_the_values(tmp_path, catalog_dir):
-    cat = _catalog_copy(tmp_path, catalog_dir)
-    with rasterio.open(
-        _scene_files(cat, B) / "scl.tif", "r+", IGNORE_COG_LAYOUT_BREAK="YES"
-    ) as dst:
-        scl = dst.read(1)
-        scl[4:8, 4:8] = 200
-        dst.write(scl, 1)
-    with pytest.raises(DataError, match=rf"item '{B}' asset 'scl' .* holds values \[200\] that "
-                       r"are not Sentinel-2 scene classes \(0..11\)"):  # fmt: skip
-        _build(tmp_path, cat)
-    assert not (tmp_path / "cache").exists() and _leftovers(tmp_path) == []
-
-
-def test_unknown_scl_class_in_params_is_refused_at_load():
-    with pytest.raises(ConfigError, match=r"tile_cache.mask_scl_classes.*unknown SCL class\(es\) "
-                       r"\[12\].*9 cloud_high_probability"):  # fmt: skip
-        _cfg(mask_scl_classes=[0, 9, 12])
-
-
-def test_all_nodata_cells_are_skipped_and_listed(tmp_path):
-    a, b = fx.SCENES[:2]
-    empty = fx.Scene("S2B_33TUN_20210814_0_L2A", a.datetime, "03.01", 0.0, shift_x=20_000.0,
-                     nodata_cols=fx.SIZE)  # fmt: skip
-    catalog = fx.make_catalog(tmp_path / "catalog", scenes=(a, b, empty))
-    cache = _build(tmp_path, catalog.parent)
-    index = _index(cache)
-    assert len(index["cells"]) == 6 and len(index["skipped_cells"]) >= 4  # under "empty"
-    assert all(int(c.split("_")[1]) >= 519_000 for c in index["skipped_cells"])
-    assert not any((cache / f"{c}.zarr").exists() for c in index["skipped_cells"])
-
-
-def test_nothing_but_nodata_is_an_error_that_says_so(tmp_path):
-    empty = fx.Scene(fx.SCENES[0].id, fx.SCENES[0].datetime, "03.01", 0.0, nodata_cols=fx.SIZE)
-    catalog = fx.make_catalog(tmp_path / "catalog", scenes=(empty,))
-    with pytest.raises(DataError, match=r"none of the \d+ cell\(s\) has a valid pixel: every "
-                       r"pixel of every item is nodata"):  # fmt: skip
-        _build(tmp_path, catalog.parent)
-    assert not (tmp_path / "cache").exists() and _leftovers(tmp_path) == []
-
-
-@pytest.mark.parametrize(
-    ("crs", "message"),
-    [
-        ("EPSG:99999", r"tile_cache.crs='EPSG:99999'.*not a known CRS.*EPSG:32633"),
-        ("EPSG:4326", r"tile_cache.crs='EPSG:4326'.*not a projected CRS.*degrees"),
-        ("UTM33", r"tile_cache.crs='UTM33' is not \"auto\" or \"EPSG:<code>\""),
-    ],
-)
-def test_invalid_grid_crs_is_refused_before_work(tmp_path, catalog_dir, crs, message):
-    with pytest.raises(ValueError, match=message):
-        _build(tmp_path, catalog_dir, crs=crs)
-    assert not (tmp_path / "cache").exists() and _leftovers(tmp_path) == []
-
-
-def test_an_item_with_an_unknown_crs_is_named(tmp_path, catalog_dir):
-    cfg = _cfg()
-    stac_query.run(cfg, catalog_dir=catalog_dir, out=tmp_path / "stac")
-    path = tmp_path / "stac" / "items.json"
-    doc = json.loads(path.read_text())
-    doc["features"][1]["properties"]["proj:code"] = "EPSG:99999"
-    path.write_text(json.dumps(doc))
-    with pytest.raises(DataError, match=rf"item '{B}' proj:code/proj:epsg: EPSG:99999 is not a "
-                       r"known CRS; set tile_cache.crs"):  # fmt: skip
-        tile_cache.run(cfg, items=path, out=tmp_path / "cache")
-    assert not (tmp_path / "cache").exists()
-
-
 # ----------------------------------------------------------------------- other catalogs' shapes
 
 
@@ -696,9 +439,9 @@ def test_planetary_computer_style_assets_give_the_same_cache(tmp_path, catalog_d
     catalog = fx.make_catalog(tmp_path / "catalog", esa_keys=True)
     item = next(pystac.Catalog.from_file(str(catalog)).get_items(recursive=True))
     assert {"B02", "B8A", "SCL"} <= set(item.assets) and "blue" not in item.assets
-    again = _build(tmp_path, catalog.parent)
-    stores = {k: v for k, v in _files(again).items() if k != "index.json"}
-    assert stores == {k: v for k, v in _files(cache).items() if k != "index.json"}
-    index, ref = _index(again), _index(cache)
+    again = tiny.build(tmp_path, catalog.parent)
+    stores = {k: v for k, v in tiny.files(again).items() if k != "index.json"}
+    assert stores == {k: v for k, v in tiny.files(cache).items() if k != "index.json"}
+    index, ref = tiny.index(again), tiny.index(cache)
     assert index.pop("fingerprint") != ref.pop("fingerprint")  # other asset names
     assert index == ref
