@@ -160,6 +160,24 @@ class CachePlan:
     fingerprint: str  #: hash of everything that decides the cells' pixels (see ``index.json``)
 
 
+def _read_items(path: Path) -> list[pystac.Item]:
+    """The items of an ItemCollection file; a file that is not one is a DataError naming it.
+
+    As ``pystac.ItemCollection.from_file``, without the copy of every item its constructor makes
+    after parsing them (the demo's 12 items: 6 ms instead of 9).
+    """
+    try:
+        doc = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path} is not JSON ({e}); rerun `geogfm stac_query`") from None
+    if not pystac.ItemCollection.is_item_collection(doc):
+        raise DataError(
+            f"{path} is not a STAC ItemCollection (a FeatureCollection of items); give the "
+            "items.json that `geogfm stac_query` writes"
+        )
+    return [pystac.Item.from_dict(f, preserve_dict=False) for f in doc.get("features", [])]
+
+
 def plan_cache(cfg: GeoGFMConfig, items: Path) -> CachePlan:
     """Check the items and plan the grid and its cells (reads no pixel).
 
@@ -171,7 +189,7 @@ def plan_cache(cfg: GeoGFMConfig, items: Path) -> CachePlan:
     items = Path(items)
     if not items.is_file():
         raise FileNotFoundError(f"ItemCollection {str(items)!r} not found; run `geogfm stac_query`")
-    found = list(pystac.ItemCollection.from_file(str(items)))
+    found = _read_items(items)
     if not found:
         raise DataError(f"{items} holds no items; rerun `geogfm stac_query` with a wider query")
     srcs = check_items(found, tc.bands)

@@ -143,6 +143,20 @@ def _catalog_copy(tmp_path: Path, catalog_dir: Path) -> Path:
     return tmp_path / "catalog"
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"type": "FeatureCollection", "features": [', r"items.json is not JSON .*stac_query"),
+        ('{"type": "Feature", "id": "x"}', r"items.json is not a STAC ItemCollection"),
+    ],
+)
+def test_an_items_file_that_is_not_an_item_collection_is_named(tmp_path, text, message):
+    (tmp_path / "items.json").write_text(text)
+    with pytest.raises(DataError, match=message):
+        tile_cache.run(tiny.cfg(), items=tmp_path / "items.json", out=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() and tiny.leftovers(tmp_path) == []
+
+
 def test_truncated_cog_stops_the_stage_naming_it_and_the_knob(tmp_path, catalog_dir):
     cat = _catalog_copy(tmp_path, catalog_dir)
     red = _scene_files(cat, B) / "red.tif"
