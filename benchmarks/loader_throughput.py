@@ -85,7 +85,7 @@ from _loader_baselines import (
 from torch.utils.data import DataLoader
 from zarr.codecs import BloscCodec
 
-from geogfm.core.config import config_from_dict
+from geogfm.core.config import DemoCatalogConfig, config_from_dict
 from geogfm.data.datasets.sentinel2 import BANDS
 from geogfm.data.datasets.stac_dataset import StacPatchDataset
 from geogfm.data.loaders import build_dataloader, seed_worker
@@ -213,18 +213,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workdir", type=Path, default=None, help="reuse a workspace (default: temp)")
     ap.add_argument("--size", type=int, default=512, help="demo tile side, 10 m pixels")
-    ap.add_argument(
-        "--dates",
-        nargs="+",
-        default=[
-            "2021-08-14",
-            "2021-11-02",
-            "2022-02-20",
-            "2022-05-11",
-            "2022-07-30",
-            "2022-10-18",
-        ],
-    )
+    ap.add_argument("--dates", nargs="+", default=DemoCatalogConfig().dates, help="demo dates")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--patches", type=int, default=96, help="patches per epoch, every loader")

@@ -163,27 +163,12 @@ def _breakdown(cfg, items_json: Path, out: Path, repeats: int) -> None:
 
 def _cell_arrays(cfg, items_json: Path) -> list:
     """Every cell's arrays as the stage builds them (``CellArrays``)."""
-    from geogfm.data.tile_load import load_cell
     from geogfm.data.tile_reader import SourceCache
 
-    tc = cfg.tile_cache
     p = tile_cache.plan_cache(cfg, items_json)
     sources = SourceCache()
     try:
-        results = [
-            load_cell(
-                cell,
-                p.items,
-                sources=sources,
-                band_srcs=p.sources,
-                bands=tc.bands,
-                resampling=tc.resampling,
-                mask_scl_classes=tc.mask_scl_classes,
-                fail_on_error=tc.fail_on_error,
-                footprints=p.footprints,
-            )  # fmt: skip
-            for cell in p.cells
-        ]
+        results = [tile_cache.load_planned_cell(cfg, p, cell, sources) for cell in p.cells]
     finally:
         sources.close()
     return [r.arrays for r in results if r.arrays is not None]
@@ -252,7 +237,7 @@ def _floor(cfg, items: list[pystac.Item], items_json: Path, root: Path, repeats:
     print(
         f"goal 0.7x: the stage within {d / 0.7:.3f} s, {budget:.3f} CPU-s on {n} cores fully used;"
         f" decoding and writing (1-thread times) use {used:.3f} of them, leaving"
-        f" {budget - used:.3f} for opening, reprojecting, resampling, converting, masking,"
+        f" {budget - used:.3f} for reprojecting, resampling, converting, masking,"
         f" merging and planning"
     )
     print(

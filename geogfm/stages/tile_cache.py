@@ -60,12 +60,12 @@ from geogfm.data.tile_cache import (
     item_footprints,
     plan_cells,
 )
-from geogfm.data.tile_load import load_cell
+from geogfm.data.tile_load import CellResult, load_cell
 from geogfm.data.tile_reader import GDAL_OPTIONS, BandSource, SourceCache
 from geogfm.data.tile_store import write_cell
 from geogfm.stages import tile_cache_staging as staging
 
-__all__ = ["CachePlan", "build_cell", "plan_cache", "run"]
+__all__ = ["CachePlan", "build_cell", "load_planned_cell", "plan_cache", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -204,18 +204,12 @@ def plan_cache(cfg: GeoGFMConfig, items: Path) -> CachePlan:
     return CachePlan(found, srcs, epsg, footprints, cells, fingerprint)
 
 
-def build_cell(
-    cfg: GeoGFMConfig, plan: CachePlan, cell: Cell, sources: SourceCache, dest: Path
-) -> tuple[int, int, list[dict]]:
-    """Build one cell: ``<dest>/<cell id>.zarr``, written under a temporary name, then renamed.
-
-    No store is written for a cell without a valid pixel. ``dest`` must hold no store of that name.
-
-    Returns:
-        The cell's time steps, its pixels with data, and the reads that failed (as dicts).
-    """
+def load_planned_cell(
+    cfg: GeoGFMConfig, plan: CachePlan, cell: Cell, sources: SourceCache
+) -> CellResult:
+    """A cell of the plan loaded with ``cfg.tile_cache``'s settings, as :func:`build_cell` does."""
     tc = cfg.tile_cache
-    result = load_cell(
+    return load_cell(
         cell,
         plan.items,
         sources=sources,
@@ -226,6 +220,19 @@ def build_cell(
         fail_on_error=tc.fail_on_error,
         footprints=plan.footprints,
     )
+
+
+def build_cell(
+    cfg: GeoGFMConfig, plan: CachePlan, cell: Cell, sources: SourceCache, dest: Path
+) -> tuple[int, int, list[dict]]:
+    """Build one cell: ``<dest>/<cell id>.zarr``, written under a temporary name, then renamed.
+
+    No store is written for a cell without a valid pixel. ``dest`` must hold no store of that name.
+
+    Returns:
+        The cell's time steps, its pixels with data, and the reads that failed (as dicts).
+    """
+    result = load_planned_cell(cfg, plan, cell, sources)
     n_times = 0
     if result.arrays is not None:
         tmp = dest / f".{cell.id}.zarr.tmp-{os.getpid()}-{threading.get_ident()}"
