@@ -332,7 +332,7 @@ def main() -> None:
     parser.add_argument("--odc", action="store_true", help="also time odc.stac.load")
     parser.add_argument("--codecs", action="store_true", help="compare Zarr codecs instead")
     parser.add_argument("--breakdown", action="store_true", help="where the stage's time goes")
-    parser.add_argument("--floor", action="store_true", help="the best ratio of any such cache")
+    parser.add_argument("--floor", action="store_true", help="what decoding and writing take")
     args = parser.parse_args()
     cfg = load_params(args.params)
     cfg.stac_query.catalog = "demo"
